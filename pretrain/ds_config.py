@@ -1,0 +1,54 @@
+"""The DeepSpeed config, generated from the typed config in one place.
+
+There is no hand-written DeepSpeed JSON in this project: this function is the only source, so the
+engine can never disagree with what ``perceiver train --dry-run`` prints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pretrain.config import Config
+
+
+def build_ds_config(cfg: Config, world_size: int, on_gpu: bool) -> dict[str, Any]:
+    """DeepSpeed config dict for ``cfg`` on ``world_size`` data-parallel ranks."""
+    t = cfg.trainer
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    if t.zero_stage >= 1:
+        zero.update(
+            contiguous_gradients=True,
+            overlap_comm=on_gpu,
+            reduce_scatter=True,
+            reduce_bucket_size=int(5e7),
+            allgather_bucket_size=int(5e7),
+        )
+    if t.zero_stage == 3:
+        zero.update(
+            stage3_prefetch_bucket_size=int(5e7),
+            stage3_param_persistence_threshold=int(1e5),
+            stage3_gather_16bit_weights_on_model_save=False,
+        )
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.grad_accum_steps,
+        "train_batch_size": t.micro_batch_size * t.grad_accum_steps * world_size,
+        "gradient_clipping": cfg.optimizer.grad_clip,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**31 - 1,  # our own logger reports; keep DeepSpeed quiet
+        "wall_clock_breakdown": False,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {
+            "enabled": t.precision == "fp16",
+            "loss_scale": 0,  # dynamic loss scaling
+            "initial_scale_power": t.fp16_initial_scale_power,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
+    }
+    if t.precision == "bf16":
+        # accumulate gradients in fp32 (bf16 accumulation loses small gradients)
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    return ds

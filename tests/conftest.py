@@ -1,0 +1,72 @@
+"""Shared fixtures: real data beside the checkout, and a 2-process gloo runner."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# DeepSpeed must pick its CPU accelerator before it is first imported (tests have no GPU).
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("DS_BIND_CORES_TO_RANK", "0")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` (real public samples); skip where it is absent (a user's machine)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared test data not found at {SHARED_DATA} (only present in CI)")
+    return SHARED_DATA
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_perceiver(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+    """Run the ``perceiver`` CLI in a subprocess; fail the test with its output on error."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain.cli", *args], cwd=cwd or REPO, env=full_env,
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"perceiver {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+            f"\n--- stderr\n{proc.stderr[-8000:]}"
+        )
+    return proc
+
+
+def _worker(rank: int, world_size: int, port: int, fn, args) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+    )
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        fn(rank, world_size, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn, world_size: int = 2, args: tuple = ()) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes joined by gloo.
+
+    ``fn`` must be importable (a module-level function); an exception in any rank fails the test.
+    """
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_worker, args=(world_size, free_port(), fn, args), nprocs=world_size,
+                       start_method="spawn", join=True)
