@@ -1,0 +1,282 @@
+"""`perceiver data ...` subcommands: build shards from a corpus, and look inside them.
+
+    perceiver data prepare --source demo --output DIR --seq-len 512 --objective mlm
+    perceiver data prepare --source jsonl --input c4/ --output DIR --seq-len 2048 --objective ar
+    perceiver data inspect DIR [--samples 3] [--json]
+
+`pretrain/cli.py` registers these on its `data` command with `add_data_subcommands(subparsers)`;
+each subcommand sets `func`, a function of the parsed arguments returning an exit code.
+`python -m data_pipeline.cli data ...` runs them without the rest of the project. (Always run
+modules with `-m`: as a script, `data_pipeline/` would come first on `sys.path` and its
+`streaming.py` and `tokenizers.py` would shadow the `streaming` and `tokenizers` packages.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from data_pipeline.corpus import SOURCES, CorpusError
+from data_pipeline.packing import OBJECTIVES, SPLITS
+from data_pipeline.shards import (
+    DEFAULT_SIZE_LIMIT,
+    iter_samples,
+    prepare_corpus,
+    prepare_demo_corpus,
+    read_manifest,
+)
+from data_pipeline.tokenizers import available_tokenizers, get_tokenizer
+
+__all__ = [
+    "add_data_subcommands",
+    "build_parser",
+    "inspect_shards",
+    "main",
+    "prepare_demo_corpus",
+    "run_inspect",
+    "run_prepare",
+]
+
+DEFAULT_VAL_FRACTION = {"demo": 0.05, "text": 0.01, "jsonl": 0.01}
+
+
+def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    """Registers `prepare` and `inspect` on the subparsers of the `perceiver data` command.
+
+    `pretrain/cli.py` does::
+
+        data = sub.add_parser("data", help="build and inspect datasets")
+        add_data_subcommands(data.add_subparsers(dest="data_command", required=True))
+
+    Args:
+        subparsers: The result of `add_subparsers()` on the `data` parser.
+    """
+    prepare = subparsers.add_parser(
+        "prepare",
+        help="read a corpus, tokenize, pack and write MDS shards + manifest.json",
+        description="Read documents, byte-tokenize them, pack them into fixed-length samples "
+        "and write DIR/train, DIR/val (MDS, zstd) and DIR/manifest.json.",
+    )
+    prepare.add_argument(
+        "--source",
+        choices=SOURCES,
+        required=True,
+        help="text files, JSON lines, or the demo corpus (stdlib docstrings)",
+    )
+    prepare.add_argument(
+        "--input",
+        dest="inputs",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="files or directories (not for --source demo)",
+    )
+    prepare.add_argument("--output", required=True, type=Path, metavar="DIR")
+    prepare.add_argument(
+        "--seq-len",
+        type=int,
+        required=True,
+        help="model input length (AR samples store seq_len + 1 tokens)",
+    )
+    prepare.add_argument("--objective", choices=OBJECTIVES, required=True)
+    prepare.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help=f"fraction of documents for validation (default: {DEFAULT_VAL_FRACTION})",
+    )
+    prepare.add_argument(
+        "--max-bytes", type=int, default=None, help="stop reading after this many bytes of text"
+    )
+    prepare.add_argument("--text-field", default="text", help="JSON field of the text")
+    prepare.add_argument("--tokenizer", choices=available_tokenizers(), default="byte")
+    prepare.add_argument(
+        "--paragraphs",
+        action="store_true",
+        help="text: one document per blank-line-separated paragraph",
+    )
+    prepare.add_argument(
+        "--size-limit", default=DEFAULT_SIZE_LIMIT, help="shard size before compression, e.g. 64mb"
+    )
+    prepare.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it already holds shards"
+    )
+    prepare.set_defaults(func=run_prepare)
+
+    inspect = subparsers.add_parser("inspect", help="summarise a shard directory")
+    inspect.add_argument("data_dir", type=Path, metavar="DIR")
+    inspect.add_argument("--samples", type=int, default=3, help="decoded samples to show")
+    inspect.add_argument("--chars", type=int, default=300, help="characters per shown sample")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(func=run_inspect)
+
+
+def _reasons(docs: dict[str, Any]) -> str:
+    reasons = docs["rejected_by_reason"]
+    return " (" + ", ".join(f"{k}: {v}" for k, v in reasons.items()) + ")" if reasons else ""
+
+
+def _fail(command: str, err: BaseException) -> SystemExit:
+    return SystemExit(f"perceiver data {command}: error: {err}")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Runs `perceiver data prepare` with parsed arguments; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    val_fraction = args.val_fraction
+    if val_fraction is None:
+        val_fraction = DEFAULT_VAL_FRACTION[args.source]
+    try:
+        if args.source == "demo" and args.inputs:
+            raise ValueError("--source demo reads the Python standard library; drop --input")
+        manifest = prepare_corpus(
+            args.source,
+            args.inputs,
+            args.output,
+            args.seq_len,
+            args.objective,
+            val_fraction=val_fraction,
+            max_bytes=args.max_bytes,
+            text_field=args.text_field,
+            split_paragraphs=args.paragraphs,
+            tokenizer=args.tokenizer,
+            size_limit=args.size_limit,
+            overwrite=args.overwrite,
+        )
+    except (FileExistsError, FileNotFoundError, CorpusError, ValueError) as err:
+        raise _fail("prepare", err) from err
+    docs = manifest["documents"]
+    print(
+        f"wrote {args.output}: {manifest['splits']['train']['samples']} train / "
+        f"{manifest['splits']['val']['samples']} val samples of {manifest['sample_len']} tokens; "
+        f"documents read {docs['read']}, kept {docs['kept']}, rejected {docs['rejected']}"
+        f"{_reasons(docs)}; {manifest['wall_time_s']:.1f} s"
+    )
+    for example in docs["rejected_examples"][:5]:
+        print(f"  rejected: {example}")
+    return 0
+
+
+def inspect_shards(
+    data_dir: str | os.PathLike[str], num_samples: int = 3, max_chars: int = 300
+) -> dict[str, Any]:
+    """Summarises a shard directory: manifest, per-split counts and sizes, decoded samples.
+
+    Counts are re-read from each split's `index.json`; `consistent` is False if they disagree
+    with the manifest.
+
+    Args:
+        data_dir: A shard directory.
+        num_samples: Number of leading train samples to decode.
+        max_chars: Characters kept of each decoded sample.
+
+    Returns:
+        A JSON-able summary.
+
+    Raises:
+        FileNotFoundError: If `data_dir` is not a complete shard directory.
+    """
+    root = Path(data_dir)
+    manifest = read_manifest(root)
+    tokenizer = get_tokenizer(manifest["tokenizer"]["name"])
+    splits: dict[str, Any] = {}
+    consistent = True
+    for split in SPLITS:
+        index = json.loads((root / split / "index.json").read_text(encoding="utf-8"))
+        shards = index["shards"]
+        samples = sum(shard["samples"] for shard in shards)
+        raw = sum(shard["raw_data"]["bytes"] for shard in shards)
+        stored = sum((shard.get("zip_data") or shard["raw_data"])["bytes"] for shard in shards)
+        consistent &= samples == manifest["splits"][split]["samples"]
+        splits[split] = {
+            "samples": samples,
+            "shards": len(shards),
+            "tokens": samples * manifest["sample_len"],
+            "raw_bytes": raw,
+            "stored_bytes": stored,
+            "compression_ratio": round(raw / stored, 2) if stored else None,
+        }
+    decoded = [
+        tokenizer.decode(tokens)[:max_chars]
+        for tokens in iter_samples(root, "train", limit=max(num_samples, 0))
+    ]
+    docs = manifest["documents"]
+    return {
+        "data_dir": str(root),
+        "consistent_with_manifest": consistent,
+        "tokenizer": manifest["tokenizer"]["name"],
+        "vocab_size": manifest["tokenizer"]["vocab_size"],
+        "sample_len": manifest["sample_len"],
+        "objective": manifest["metadata"].get("objective"),
+        "seq_len": manifest["metadata"].get("seq_len"),
+        "source": manifest["metadata"].get("source"),
+        "documents": {k: docs[k] for k in ("read", "kept", "rejected", "rejected_by_reason")},
+        "bytes_in": manifest["bytes_in"],
+        "tokens": manifest["tokens"],
+        "splits": splits,
+        "created_utc": manifest["created_utc"],
+        "tool_version": manifest["tool_version"],
+        "samples": decoded,
+    }
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Runs `perceiver data inspect` with parsed arguments; returns the exit code."""
+    try:
+        summary = inspect_shards(args.data_dir, args.samples, args.chars)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail("inspect", err) from err
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0 if summary["consistent_with_manifest"] else 1
+    docs = summary["documents"]
+    print(f"{summary['data_dir']}  (built {summary['created_utc']}, {summary['tool_version']})")
+    print(
+        f"  tokenizer {summary['tokenizer']} ({summary['vocab_size']} ids), samples of "
+        f"{summary['sample_len']} tokens, objective {summary['objective']}, "
+        f"seq_len {summary['seq_len']}, source {summary['source']}"
+    )
+    print(
+        f"  documents: read {docs['read']}, kept {docs['kept']}, rejected {docs['rejected']}"
+        f"{_reasons(docs)}"
+    )
+    tokens = summary["tokens"]
+    print(
+        f"  {summary['bytes_in']:,} bytes in -> {tokens['written']:,} tokens written "
+        f"({tokens['dropped']:,} dropped as partial samples)"
+    )
+    for split, info in summary["splits"].items():
+        print(
+            f"  {split:5s}: {info['samples']:,} samples, {info['shards']} shards, "
+            f"{info['stored_bytes']:,} bytes stored (x{info['compression_ratio']} zstd)"
+        )
+    if not summary["consistent_with_manifest"]:
+        print("  WARNING: index.json sample counts differ from manifest.json")
+    for i, text in enumerate(summary["samples"]):
+        print(f"  --- train sample {i} ---\n{text!r}")
+    return 0 if summary["consistent_with_manifest"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A standalone `perceiver`-like parser holding only the `data` subcommands."""
+    parser = argparse.ArgumentParser(prog="perceiver", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{data}")
+    data = commands.add_parser("data", help="build and inspect token shards")
+    add_data_subcommands(data.add_subparsers(dest="data_command", required=True))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses `argv` and runs the chosen subcommand."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny shard directories built once per session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.corpus import Document
+from data_pipeline.packing import assign_split
+from data_pipeline.tokenizers import ByteTokenizer
+
+
+@dataclass
+class NumberedCorpus:
+    """Documents `000...i` of exactly one sample each (15 digits + EOS), and their shards.
+
+    Sample k of a split decodes to an identifying number, so tests can check order and coverage.
+    """
+
+    root: Path
+    sample_len: int = 16
+    val_fraction: float = 0.25
+    num_train: int = 64
+    expected: dict[str, list[int]] = field(default_factory=dict)
+
+    def documents(self, num_train: int | None = None) -> list[Document]:
+        """Documents in order until `num_train` of them fall in train (split by text hash)."""
+        target = self.num_train if num_train is None else num_train
+        documents: list[Document] = []
+        train = 0
+        while train < target:
+            text = f"{len(documents):0{self.sample_len - 1}d}"
+            documents.append(Document(text, "numbers", text))
+            train += assign_split(text, self.val_fraction) == "train"
+        return documents
+
+    @staticmethod
+    def number(tokens) -> int:
+        """The number a sample encodes."""
+        return int(ByteTokenizer().decode(tokens))
+
+
+@pytest.fixture(scope="session")
+def numbered(tmp_path_factory: pytest.TempPathFactory) -> NumberedCorpus:
+    """Shards of the numbered corpus: 64 train samples over several small shards, ~20 val."""
+    from data_pipeline.shards import write_shards
+
+    corpus = NumberedCorpus(root=tmp_path_factory.mktemp("numbered") / "shards")
+    documents = corpus.documents()
+    write_shards(
+        documents,
+        corpus.root,
+        ByteTokenizer(),
+        corpus.sample_len,
+        corpus.val_fraction,
+        size_limit=512,
+    )
+    corpus.expected = {"train": [], "val": []}
+    for doc in documents:
+        corpus.expected[assign_split(doc.text, corpus.val_fraction)].append(int(doc.text))
+    return corpus
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Demo-corpus (stdlib docstrings) MLM shards, seq_len 64, about 60 kB of text."""
+    from data_pipeline.shards import prepare_demo_corpus
+
+    out = tmp_path_factory.mktemp("demo") / "shards"
+    prepare_demo_corpus(out, seq_len=64, objective="mlm", max_bytes=60_000, val_fraction=0.3)
+    return out

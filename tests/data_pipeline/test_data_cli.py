@@ -1,0 +1,191 @@
+"""`perceiver data prepare|inspect` through the same functions the console script calls."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.cli import add_data_subcommands, inspect_shards, main, run_inspect, run_prepare
+from data_pipeline.shards import read_manifest
+
+
+def test_subcommands_register_funcs():
+    parser = argparse.ArgumentParser(prog="perceiver")
+    data = parser.add_subparsers(dest="command").add_parser("data")  # as pretrain/cli.py does
+    add_data_subcommands(data.add_subparsers(dest="data_command", required=True))
+    args = parser.parse_args(["data", "inspect", "some/dir", "--samples", "1"])
+    assert args.func is run_inspect and args.data_dir == Path("some/dir") and args.samples == 1
+    args = parser.parse_args(
+        [
+            "data",
+            "prepare",
+            "--source",
+            "jsonl",
+            "--input",
+            "a.jsonl",
+            "b/",
+            "--output",
+            "o",
+            "--seq-len",
+            "128",
+            "--objective",
+            "ar",
+            "--overwrite",
+        ]
+    )
+    assert args.func is run_prepare and args.inputs == ["a.jsonl", "b/"] and args.overwrite
+    with pytest.raises(SystemExit):
+        parser.parse_args(["data", "prepare", "--source", "wiki", "--output", "o"])
+
+
+def test_prepare_demo_then_inspect(tmp_path, capsys):
+    out = tmp_path / "demo"
+    argv = [
+        "data",
+        "prepare",
+        "--source",
+        "demo",
+        "--output",
+        str(out),
+        "--seq-len",
+        "63",
+        "--objective",
+        "ar",
+        "--max-bytes",
+        "20000",
+        "--val-fraction",
+        "0.5",
+    ]
+    assert main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    manifest = read_manifest(out)
+    assert manifest["sample_len"] == 64
+    assert manifest["metadata"] == {
+        "objective": "ar",
+        "seq_len": 63,
+        "source": "demo",
+        "inputs": [],
+        "max_bytes": 20000,
+    }
+    assert manifest["val_fraction"] == 0.5
+
+    with pytest.raises(SystemExit, match="already holds complete shards"):
+        main(argv)
+    assert main([*argv, "--overwrite"]) == 0
+    capsys.readouterr()
+
+    assert main(["data", "inspect", str(out), "--samples", "2", "--chars", "40"]) == 0
+    text = capsys.readouterr().out
+    assert "samples of 64 tokens" in text and "train sample 1" in text
+    assert f"{manifest['splits']['train']['samples']:,} samples" in text
+
+    assert main(["data", "inspect", str(out), "--json", "--samples", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["consistent_with_manifest"]
+    assert summary["splits"]["train"]["samples"] == manifest["splits"]["train"]["samples"]
+    assert summary["splits"]["train"]["compression_ratio"] > 1
+    assert len(summary["samples"]) == 1 and len(summary["samples"][0]) <= 300
+
+
+def test_inspect_shows_decoded_text(demo_shards):
+    summary = inspect_shards(demo_shards, num_samples=3, max_chars=64)
+    assert len(summary["samples"]) == 3
+    assert all(len(s) <= 64 for s in summary["samples"])
+    assert summary["samples"][0].isprintable() or "\n" in summary["samples"][0]
+    assert summary["objective"] == "mlm" and summary["sample_len"] == 64
+
+
+def test_prepare_jsonl_counts_broken_lines(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    good = [json.dumps({"body": f"document number {i} " * 8}) for i in range(20)]
+    data.write_text("\n".join([*good[:10], "{oops", json.dumps({"text": 1}), *good[10:]]) + "\n")
+    out = tmp_path / "out"
+    argv = [
+        "data",
+        "prepare",
+        "--source",
+        "jsonl",
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+        "--seq-len",
+        "32",
+        "--objective",
+        "mlm",
+        "--text-field",
+        "body",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "rejected 2" in printed and f"{data}:11: invalid JSON" in printed
+    docs = read_manifest(out)["documents"]
+    assert docs["kept"] == 20
+    assert docs["rejected_by_reason"] == {"invalid_json": 1, "missing_field": 1}
+
+
+def test_cli_errors_are_clean(tmp_path):
+    with pytest.raises(SystemExit, match="drop --input"):
+        main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                "demo",
+                "--input",
+                "x",
+                "--output",
+                str(tmp_path / "o"),
+                "--seq-len",
+                "8",
+                "--objective",
+                "mlm",
+            ]
+        )
+    with pytest.raises(SystemExit, match="input not found"):
+        main(
+            [
+                "data",
+                "prepare",
+                "--source",
+                "text",
+                "--input",
+                str(tmp_path / "missing.txt"),
+                "--output",
+                str(tmp_path / "o"),
+                "--seq-len",
+                "8",
+                "--objective",
+                "mlm",
+            ]
+        )
+    with pytest.raises(SystemExit, match="not a complete shard directory"):
+        main(["data", "inspect", str(tmp_path)])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.shared_data
+def test_prepare_real_c4_sample(tmp_path, shared_data):
+    out = tmp_path / "c4"
+    argv = [
+        "data",
+        "prepare",
+        "--source",
+        "jsonl",
+        "--input",
+        str(shared_data / "c4"),
+        "--output",
+        str(out),
+        "--seq-len",
+        "256",
+        "--objective",
+        "mlm",
+        "--val-fraction",
+        "0.2",
+    ]
+    assert main(argv) == 0
+    manifest = read_manifest(out)
+    assert manifest["documents"]["kept"] == 30 and manifest["documents"]["rejected"] == 0
+    assert manifest["splits"]["train"]["samples"] > 100
+    assert inspect_shards(out)["consistent_with_manifest"]
