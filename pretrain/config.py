@@ -185,6 +185,20 @@ class Config:
                 "partitions, which would silently change LAMB into a per-partition rule; "
                 "use trainer.zero_stage=0 with lamb, or optimizer.name=adamw with ZeRO"
             )
+        if self.optimizer.name == "lamb" and self.trainer.precision == "fp16":
+            raise ConfigError(
+                "trainer.precision: fp16 with optimizer.name=lamb is not supported "
+                "(DeepSpeed's fp16 optimizer flattens parameters); use bf16"
+            )
+
+    @property
+    def autocast_bf16(self) -> bool:
+        """bf16 via torch.autocast (fp32 weights) instead of DeepSpeed's bf16 optimizer.
+
+        DeepSpeed's bf16 mode flattens parameters into partitions even at ZeRO stage 0, which
+        LAMB's per-tensor trust ratio cannot work on; LAMB runs bf16 matmuls under autocast.
+        """
+        return self.trainer.precision == "bf16" and self.optimizer.name == "lamb"
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +248,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

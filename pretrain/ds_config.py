@@ -38,7 +38,7 @@ def build_ds_config(cfg: Config, world_size: int, on_gpu: bool) -> dict[str, Any
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31 - 1,  # our own logger reports; keep DeepSpeed quiet
         "wall_clock_breakdown": False,
-        "bf16": {"enabled": t.precision == "bf16"},
+        "bf16": {"enabled": t.precision == "bf16" and not cfg.autocast_bf16},
         "fp16": {
             "enabled": t.precision == "fp16",
             "loss_scale": 0,  # dynamic loss scaling
@@ -48,7 +48,8 @@ def build_ds_config(cfg: Config, world_size: int, on_gpu: bool) -> dict[str, Any
             "min_loss_scale": 1,
         },
     }
-    if t.precision == "bf16":
-        # accumulate gradients in fp32 (bf16 accumulation loses small gradients)
+    if ds["bf16"]["enabled"] and t.zero_stage > 0:
+        # accumulate gradients in fp32 (bf16 accumulation loses small gradients); DeepSpeed
+        # supports this mix with ZeRO only
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     return ds

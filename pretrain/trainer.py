@@ -8,6 +8,7 @@ batches, masks and losses of a run that never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -55,9 +56,14 @@ class TrainResult:
 
 
 class StopSignal:
-    """Sets a flag on SIGUSR1/SIGTERM; ranks agree on it at step boundaries (see the loop)."""
+    """Sets a flag on SIGUSR1/SIGUSR2/SIGTERM; ranks agree on it at step boundaries (see the loop).
 
-    def __init__(self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGTERM)) -> None:
+    SIGUSR2 is the warning signal submitit asks Slurm for (``--signal=USR2@...``), see docs/slurm.md.
+    """
+
+    def __init__(
+        self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
+    ) -> None:
         self.requested = False
         self.signum: int | None = None
         self._previous = {}
@@ -126,7 +132,10 @@ def _build_batch_transform(cfg: Config):
 def _build_loader(cfg: Config, split: str, shuffle: bool):
     from data_pipeline.streaming import build_dataloader
 
-    cache_root = Path(cfg.data.cache_dir or Path(cfg.trainer.run_dir) / ".streaming_cache")
+    # One cache per node: streaming's local leaders must not share a `local` dir (run_dir may be
+    # on a shared filesystem, and a test cluster runs several Slurm nodes on one host).
+    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    cache_root = Path(cfg.data.cache_dir or Path(cfg.trainer.run_dir) / ".streaming_cache" / node)
     return build_dataloader(
         cfg.data.dir,
         split,
@@ -140,6 +149,12 @@ def _build_loader(cfg: Config, split: str, shuffle: bool):
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _grad_norm(model: torch.nn.Module) -> float:
+    """Global L2 norm of the (already all-reduced) gradients, for engines that do not report it."""
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
 
 
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -216,6 +231,12 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     if env.is_main and state.step == 0:
         logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```", 0)
     step_fn = STEP_FNS[cfg.objective]
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if cfg.autocast_bf16
+        else contextlib.nullcontext
+    )
+    last_grad_norm = float("nan")
     flops_per_sample = float(model_cfg.flops_per_sample())
     peak_flops = detect_peak_flops(device, t.peak_flops)
     stopper = StopSignal()
@@ -242,8 +263,11 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
                 key = state.micro_step * env.world_size + env.rank
                 batch = _to_device(transform(raw["tokens"], key), device)
                 meter.data_wait += time.perf_counter() - t0
-                loss, stats = step_fn(engine, batch)
+                with autocast():
+                    loss, stats = step_fn(engine, batch)
                 engine.backward(loss)
+                if engine.is_gradient_accumulation_boundary() and engine.get_global_grad_norm() is None:
+                    last_grad_norm = _grad_norm(engine.module)
                 engine.step()
                 state.micro_step += 1
                 step_stats = [a + float(stats[k]) for a, k in zip(step_stats, ("loss_sum", "correct", "count"))]
@@ -262,6 +286,7 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
                 if not math.isfinite(metrics["train/loss"]):
                     raise FloatingPointError(f"step {state.step}: training loss is {metrics['train/loss']}")
                 grad_norm = engine.get_global_grad_norm()
+                grad_norm = last_grad_norm if grad_norm is None else grad_norm
                 metrics.update(
                     {
                         "train/lr": engine.get_lr()[0],
@@ -283,9 +308,10 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
                 progress.update(1)
 
             if val_loader is not None and (state.step % t.val_every == 0 or state.step == t.max_steps):
-                result.val_metrics = evaluate(
-                    engine, val_loader, transform, cfg.objective, t.val_batches, device, env.world_size
-                )
+                with autocast():
+                    result.val_metrics = evaluate(
+                        engine, val_loader, transform, cfg.objective, t.val_batches, device, env.world_size
+                    )
                 logger.log(result.val_metrics, state.step)
 
             stop = dist_utils.all_reduce_max_flag(stopper.requested, device)
