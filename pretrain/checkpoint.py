@@ -123,13 +123,19 @@ def save(
         shutil.rmtree(path)
     if dist.is_initialized():
         dist.barrier()
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False)
+    engine.save_checkpoint(
+        str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False
+    )
     torch.save(rng_state(), path / f"rng_rank{rank:05d}.pt")
     if dist.is_initialized():
         dist.barrier()  # every rank's files are on disk
     if rank == 0:
         (path / "config.yaml").write_text(config_yaml)
-        meta = {"step": step, "time": time.time(), "world_size": dist.get_world_size() if dist.is_initialized() else 1}
+        meta = {
+            "step": step,
+            "time": time.time(),
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+        }
         _write_atomic(path / MARKER, json.dumps(meta))
         if keep > 0:
             for _, old in list_complete(checkpoint_dir)[:-keep]:

@@ -44,7 +44,9 @@ class DataConfig:
 
     def validate(self) -> None:
         if not self.dir:
-            raise ConfigError("data.dir: required (a directory written by `perceiver data prepare`)")
+            raise ConfigError(
+                "data.dir: required (a directory written by `perceiver data prepare`)"
+            )
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"data.mask_prob: must be in (0, 1), got {self.mask_prob}")
         if self.num_workers < 0:
@@ -234,7 +236,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+        return (
+            [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+            if args
+            else list(value)
+        )
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
@@ -381,7 +387,9 @@ def _resolve_model(raw: Any, search_dirs: list[Path]) -> dict[str, Any]:
         if k == "type":
             continue
         if k not in names:
-            raise ConfigError(f"model.{k}: unknown key for {mtype}; valid keys: {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"model.{k}: unknown key for {mtype}; valid keys: {', '.join(sorted(names))}"
+            )
         out[k] = _coerce(v, hints[k], f"model.{k}")
     try:
         cfg_cls(**{k: v for k, v in out.items() if k != "type"})

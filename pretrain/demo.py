@@ -38,16 +38,30 @@ def run_demo(
         seq_len = cfg.model_config().max_seq_len
         data_dir = out_dir / "data" / f"stdlib_{objective}_{seq_len}"
         if not (data_dir / "manifest.json").is_file():
-            print(f"[demo] writing {objective.upper()} shards of {seq_len} bytes to {data_dir}", flush=True)
+            print(
+                f"[demo] writing {objective.upper()} shards of {seq_len} bytes to {data_dir}",
+                flush=True,
+            )
             prepare_demo_corpus(data_dir, seq_len=seq_len, objective=objective, max_bytes=max_bytes)
         run_dir = out_dir / "runs" / objective
         argv = [
-            sys.executable, "-m", "pretrain.cli", "train", str(DEMO_CONFIGS[objective]),
-            f"data.dir={data_dir}", f"trainer.run_dir={run_dir}", "checkpoint.resume=none",
-            *(overrides or []), "--nproc-per-node", str(nproc),
+            sys.executable,
+            "-m",
+            "pretrain.cli",
+            "train",
+            str(DEMO_CONFIGS[objective]),
+            f"data.dir={data_dir}",
+            f"trainer.run_dir={run_dir}",
+            "checkpoint.resume=none",
+            *(overrides or []),
+            "--nproc-per-node",
+            str(nproc),
         ]
-        print(f"[demo] training {cfg.model_type} with {nproc} processes (DeepSpeed ZeRO-"
-              f"{cfg.trainer.zero_stage}, {cfg.trainer.precision})", flush=True)
+        print(
+            f"[demo] training {cfg.model_type} with {nproc} processes (DeepSpeed ZeRO-"
+            f"{cfg.trainer.zero_stage}, {cfg.trainer.precision})",
+            flush=True,
+        )
         subprocess.run(argv, check=True)
         summaries[objective] = json.loads((run_dir / "summary.json").read_text())
     return summaries
@@ -58,7 +72,8 @@ def format_report(summaries: dict[str, dict], out_dir: Path) -> str:
     for objective, s in summaries.items():
         val = s["val_metrics"]
         metric = (
-            f"val bits/byte {val['val/bits_per_byte']:.3f}" if "val/bits_per_byte" in val
+            f"val bits/byte {val['val/bits_per_byte']:.3f}"
+            if "val/bits_per_byte" in val
             else f"val masked-byte accuracy {val.get('val/accuracy', float('nan')):.3f}"
         )
         lines += [
@@ -75,13 +90,17 @@ def format_report(summaries: dict[str, dict], out_dir: Path) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
-    summaries = run_demo(out_dir, nproc=args.nproc, max_bytes=args.max_bytes, overrides=args.overrides)
+    summaries = run_demo(
+        out_dir, nproc=args.nproc, max_bytes=args.max_bytes, overrides=args.overrides
+    )
     print(format_report(summaries, out_dir))
     return 0
 
 
 def add_demo_subcommand(sub) -> None:
-    p = sub.add_parser("demo", help="end-to-end demo on the Python stdlib docstrings (CPU, ~10 min)")
+    p = sub.add_parser(
+        "demo", help="end-to-end demo on the Python stdlib docstrings (CPU, ~10 min)"
+    )
     p.add_argument("--out", default="demo_out", help="where shards, runs and logs go")
     p.add_argument("--nproc", type=int, default=2, help="processes per run")
     p.add_argument("--max-bytes", type=int, default=None, help="cap the corpus size")

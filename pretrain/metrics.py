@@ -50,7 +50,9 @@ def peak_memory_bytes(device: torch.device) -> int:
 class MetricLogger:
     """Writes scalars (and text) to TensorBoard and ``metrics.jsonl`` on rank 0; no-op elsewhere."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True, jsonl: bool = True):
+    def __init__(
+        self, run_dir: str | Path, enabled: bool, tensorboard: bool = True, jsonl: bool = True
+    ):
         self.enabled = enabled
         self._tb = None
         self._jsonl = None

@@ -31,7 +31,9 @@ def gather_label_positions(labels_bn: torch.Tensor) -> tuple[torch.Tensor, torch
     return positions_bk, labels_bn.gather(1, positions_bk)
 
 
-def _sum_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sum_ce(
+    logits: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     logits = logits.float().reshape(-1, logits.shape[-1])
     labels = labels.reshape(-1)
     valid = labels != IGNORE
@@ -40,16 +42,24 @@ def _sum_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
     return loss_sum, correct, valid.sum()
 
 
-def mlm_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def mlm_step(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean loss over masked positions, and sums for metrics (loss_sum, correct, count)."""
     positions_bk, labels_bk = gather_label_positions(batch["labels"])
-    logits_bkv = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), output_positions=positions_bk)
+    logits_bkv = model(
+        batch["input_ids"],
+        attention_mask=batch.get("attention_mask"),
+        output_positions=positions_bk,
+    )
     loss_sum, correct, count = _sum_ce(logits_bkv, labels_bk)
     loss = loss_sum / count.clamp(min=1)
     return loss, {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
 
 
-def ar_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ar_step(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean next-token loss over the latent positions, and sums for metrics."""
     logits_blv = model(batch["input_ids"])
     labels_bl = batch["labels"][:, -logits_blv.shape[1] :]
@@ -61,7 +71,9 @@ def ar_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Ten
 STEP_FNS = {"mlm": mlm_step, "ar": ar_step}
 
 
-def summarize(objective: str, loss_sum: float, correct: float, count: float, prefix: str) -> dict[str, float]:
+def summarize(
+    objective: str, loss_sum: float, correct: float, count: float, prefix: str
+) -> dict[str, float]:
     """Turn summed statistics into the metrics users read."""
     count = max(count, 1.0)
     loss = loss_sum / count

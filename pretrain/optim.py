@@ -38,8 +38,12 @@ class Lamb(torch.optim.Optimizer):
         if lr <= 0:
             raise ValueError(f"lr: must be > 0, got {lr}")
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-            min_coeff=min_coeff, max_coeff=max_coeff,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            min_coeff=min_coeff,
+            max_coeff=max_coeff,
         )
         super().__init__(params, defaults)
 
@@ -93,7 +97,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, device: torch.device
+) -> torch.optim.Optimizer:
     """The optimizer for ``model``: fused kernels on GPU, plain torch on CPU."""
     groups = param_groups(model, cfg.weight_decay)
     betas = (cfg.betas[0], cfg.betas[1])
@@ -104,11 +110,15 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device
         try:
             from deepspeed.ops.lamb import FusedLamb
 
-            return FusedLamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, max_coeff=10.0, min_coeff=0.01)
+            return FusedLamb(
+                groups, lr=cfg.lr, betas=betas, eps=cfg.eps, max_coeff=10.0, min_coeff=0.01
+            )
         except Exception as e:  # the op needs a CUDA toolchain to build; fall back loudly
             import warnings
 
-            warnings.warn(f"DeepSpeed FusedLamb unavailable ({e}); using the torch LAMB", stacklevel=2)
+            warnings.warn(
+                f"DeepSpeed FusedLamb unavailable ({e}); using the torch LAMB", stacklevel=2
+            )
     return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps)
 
 

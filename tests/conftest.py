@@ -32,16 +32,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_perceiver(args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
+def run_perceiver(
+    args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None
+):
     """Run the ``perceiver`` CLI in a subprocess; fail the test with its output on error."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", **(env or {})}
     proc = subprocess.run(
-        [sys.executable, "-m", "pretrain.cli", *args], cwd=cwd or REPO, env=full_env,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "pretrain.cli", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise AssertionError(
-            f"perceiver {' '.join(args)} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}"
+            f"perceiver {' '.join(args)} exited {proc.returncode}"
+            f"\n--- stdout\n{proc.stdout[-4000:]}"
             f"\n--- stderr\n{proc.stderr[-8000:]}"
         )
     return proc
@@ -49,8 +56,12 @@ def run_perceiver(args: list[str], cwd: Path | None = None, timeout: int = 600, 
 
 def _worker(rank: int, world_size: int, port: int, fn, args) -> None:
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     import torch.distributed as dist
 
@@ -68,5 +79,10 @@ def run_distributed(fn, world_size: int = 2, args: tuple = ()) -> None:
     """
     import torch.multiprocessing as mp
 
-    mp.start_processes(_worker, args=(world_size, free_port(), fn, args), nprocs=world_size,
-                       start_method="spawn", join=True)
+    mp.start_processes(
+        _worker,
+        args=(world_size, free_port(), fn, args),
+        nprocs=world_size,
+        start_method="spawn",
+        join=True,
+    )

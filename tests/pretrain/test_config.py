@@ -31,8 +31,16 @@ def test_all_shipped_configs_load():
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = config_from_dict(_base(), ["trainer.max_steps=7", "optimizer.lr=3e-4", "trainer.precision=fp32",
-                                     "model.num_latents=16", "logging.tensorboard=false"])
+    cfg = config_from_dict(
+        _base(),
+        [
+            "trainer.max_steps=7",
+            "optimizer.lr=3e-4",
+            "trainer.precision=fp32",
+            "model.num_latents=16",
+            "logging.tensorboard=false",
+        ],
+    )
     assert cfg.trainer.max_steps == 7
     assert cfg.optimizer.lr == pytest.approx(3e-4)
     assert cfg.trainer.precision == "fp32"
@@ -99,9 +107,16 @@ def test_apply_overrides_does_not_mutate_input():
 
 
 def test_ds_config_generated_from_typed_config():
-    cfg = config_from_dict(_base(), ["trainer.micro_batch_size=4", "trainer.grad_accum_steps=3",
-                                     "trainer.zero_stage=3", "trainer.precision=bf16",
-                                     "optimizer.grad_clip=0.5"])
+    cfg = config_from_dict(
+        _base(),
+        [
+            "trainer.micro_batch_size=4",
+            "trainer.grad_accum_steps=3",
+            "trainer.zero_stage=3",
+            "trainer.precision=bf16",
+            "optimizer.grad_clip=0.5",
+        ],
+    )
     ds = build_ds_config(cfg, world_size=2, on_gpu=False)
     assert ds["train_batch_size"] == 4 * 3 * 2
     assert ds["zero_optimization"]["stage"] == 3
@@ -123,9 +138,19 @@ def test_cli_refuses_bad_config_before_work(tmp_path):
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-m", "pretrain.cli", "train", str(REPO / "configs" / "demo_mlm.yaml"),
-         f"trainer.run_dir={tmp_path / 'run'}", "data.dir=/tmp/x", "trainer.max_stepz=3"],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pretrain.cli",
+            "train",
+            str(REPO / "configs" / "demo_mlm.yaml"),
+            f"trainer.run_dir={tmp_path / 'run'}",
+            "data.dir=/tmp/x",
+            "trainer.max_stepz=3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "trainer.max_stepz" in proc.stderr

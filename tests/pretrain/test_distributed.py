@@ -23,8 +23,12 @@ def test_expand_nodelist(nodelist, hosts):
 def test_srun_variables_map_to_torch_distributed():
     env = env_from_slurm(
         {
-            "SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-            "SLURM_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123456",
+            "SLURM_PROCID": "5",
+            "SLURM_NTASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_TASKS_PER_NODE": "4(x2)",
+            "SLURM_JOB_NODELIST": "gpu[07-08]",
+            "SLURM_JOB_ID": "123456",
         }
     )
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (5, 8, 1, 4)
@@ -33,8 +37,18 @@ def test_srun_variables_map_to_torch_distributed():
 
 
 def test_torchrun_variables_take_precedence_over_slurm():
-    env = detect_env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                      "MASTER_ADDR": "h", "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"})
+    env = detect_env(
+        {
+            "RANK": "1",
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "h",
+            "MASTER_PORT": "1234",
+            "SLURM_PROCID": "0",
+            "SLURM_NTASKS": "4",
+        }
+    )
     assert (env.rank, env.world_size, env.master_addr, env.master_port) == (1, 2, "h", 1234)
 
 

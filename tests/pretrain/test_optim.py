@@ -11,7 +11,6 @@ from pretrain.config import OptimizerConfig
 from pretrain.optim import Lamb, lr_lambda, param_groups
 
 
-
 def test_lamb_trust_ratio_scales_update():
     p = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
     opt = Lamb([p], lr=0.1, eps=1e-12, weight_decay=0.0)

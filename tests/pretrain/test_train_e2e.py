@@ -32,18 +32,37 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
-def _train(config: str, data_dir: Path, run_dir: Path, *overrides: str, extra: tuple[str, ...] = ()):
+def _train(
+    config: str, data_dir: Path, run_dir: Path, *overrides: str, extra: tuple[str, ...] = ()
+):
     return run_perceiver(
-        ["train", str(REPO / "configs" / config), f"data.dir={data_dir}", f"trainer.run_dir={run_dir}",
-         "logging.progress_bar=false", *overrides, "--nproc-per-node", "2", *extra]
+        [
+            "train",
+            str(REPO / "configs" / config),
+            f"data.dir={data_dir}",
+            f"trainer.run_dir={run_dir}",
+            "logging.progress_bar=false",
+            *overrides,
+            "--nproc-per-node",
+            "2",
+            *extra,
+        ]
     )
 
 
 def test_zero3_mlm_with_activation_checkpointing(shards, tmp_path):
     run = tmp_path / "run"
-    _train("tiny_mlm.yaml", shards["mlm"], run, "trainer.zero_stage=3",
-           "trainer.activation_checkpointing=true", "trainer.max_steps=6", "trainer.log_every=1",
-           "trainer.val_every=3", "checkpoint.every=3")
+    _train(
+        "tiny_mlm.yaml",
+        shards["mlm"],
+        run,
+        "trainer.zero_stage=3",
+        "trainer.activation_checkpointing=true",
+        "trainer.max_steps=6",
+        "trainer.log_every=1",
+        "trainer.val_every=3",
+        "checkpoint.every=3",
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["state"]["step"] == 6
     assert set(_losses(run)) == set(range(1, 7))
@@ -56,7 +75,12 @@ def test_zero3_mlm_with_activation_checkpointing(shards, tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_losses_exactly(shards, tmp_path):
-    common = ("trainer.max_steps=8", "trainer.log_every=1", "trainer.val_every=0", "checkpoint.every=0")
+    common = (
+        "trainer.max_steps=8",
+        "trainer.log_every=1",
+        "trainer.val_every=0",
+        "checkpoint.every=0",
+    )
     full, parts = tmp_path / "full", tmp_path / "parts"
     _train("tiny_mlm.yaml", shards["mlm"], full, *common)
     _train("tiny_mlm.yaml", shards["mlm"], parts, *common, extra=("--stop-at-step", "3"))
@@ -74,9 +98,16 @@ def test_demo_pipeline_reduced(tmp_path):
     from pretrain.demo import format_report, run_demo
 
     summaries = run_demo(
-        tmp_path, nproc=2, max_bytes=300_000,
-        overrides=["trainer.max_steps=30", "trainer.val_every=30", "trainer.log_every=5",
-                   "checkpoint.every=0", "logging.progress_bar=false"],
+        tmp_path,
+        nproc=2,
+        max_bytes=300_000,
+        overrides=[
+            "trainer.max_steps=30",
+            "trainer.val_every=30",
+            "trainer.log_every=5",
+            "checkpoint.every=0",
+            "logging.progress_bar=false",
+        ],
     )
     for objective in ("mlm", "ar"):
         s = summaries[objective]
