@@ -153,8 +153,11 @@ class Config:
         return self.model["type"]
 
     @property
-    def objective(self) -> Literal["mlm", "ar"]:
-        return "ar" if self.model_type == "perceiver_ar" else "mlm"
+    def objective(self) -> str:
+        """The objective that trains this model (see ``pretrain.objectives``)."""
+        from pretrain.objectives import objective_for_model
+
+        return objective_for_model(self.model_type)
 
     def model_config(self) -> Any:
         """The model's own typed config dataclass."""

@@ -1,15 +1,28 @@
-"""Losses and metrics of the pretraining objectives, kept out of the model files.
+"""Pretraining objectives: how a loader batch becomes a loss and metrics, kept out of the models.
 
-* MLM: cross-entropy on masked positions only. Only those positions are decoded (the Perceiver IO
-  decoder's queries are independent of each other, so this is exact), which removes ~85% of the
-  decoder's work.
-* AR: next-token cross-entropy on the positions the latents predict (the last ``num_latents``);
-  bits per byte = loss / ln 2 for the byte tokenizer.
+An :class:`Objective` is everything the training loop needs to know about a task:
+
+* ``transform(raw, key)``: the loader's CPU batch -> the model's batch. All randomness (MLM masks)
+  comes from ``key``, unique per (micro-step, rank), so resumed runs see identical batches.
+* ``step(model, batch)``: forward pass -> (mean loss, summed statistics). The sums are all-reduced
+  across ranks and over the logging window, then turned into metrics by ``summarize``.
+* ``num_tokens(batch)``: what ``perf/tokens_per_s`` counts.
+
+Objectives here:
+
+* ``mlm``: cross-entropy on masked positions only. Only those positions are decoded (the Perceiver
+  IO decoder's queries are independent of each other, so this is exact), which removes ~85% of
+  the decoder's work.
+* ``ar``: next-token cross-entropy on the positions the latents predict (the last
+  ``num_latents``); bits per byte = loss / ln 2 for the byte tokenizer.
+
+New objectives register with :func:`register_objective` and name the model types they train.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,58 +39,149 @@ def gather_label_positions(labels_bn: torch.Tensor) -> tuple[torch.Tensor, torch
     """
     unlabeled_bn = (labels_bn == IGNORE).to(torch.int8)
     k = max(int((1 - unlabeled_bn).sum(dim=1).max().item()), 1)
-    order_bn = torch.argsort(unlabeled_bn, dim=1, stable=True)  # labelled positions first, in order
+    order_bn = torch.argsort(unlabeled_bn, dim=1, stable=True)  # labelled positions first
     positions_bk = order_bn[:, :k]
     return positions_bk, labels_bn.gather(1, positions_bk)
 
 
-def _sum_ce(
-    logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sum_ce(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
     logits = logits.float().reshape(-1, logits.shape[-1])
     labels = labels.reshape(-1)
     valid = labels != IGNORE
     loss_sum = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
     correct = ((logits.argmax(-1) == labels) & valid).sum()
-    return loss_sum, correct, valid.sum()
+    return {"loss_sum": loss_sum, "correct": correct, "count": valid.sum()}
 
 
-def mlm_step(
-    model: nn.Module, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean loss over masked positions, and sums for metrics (loss_sum, correct, count)."""
-    positions_bk, labels_bk = gather_label_positions(batch["labels"])
-    logits_bkv = model(
-        batch["input_ids"],
-        attention_mask=batch.get("attention_mask"),
-        output_positions=positions_bk,
-    )
-    loss_sum, correct, count = _sum_ce(logits_bkv, labels_bk)
-    loss = loss_sum / count.clamp(min=1)
-    return loss, {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
+class Objective:
+    """Base class: subclasses define ``transform``, ``step`` and ``stat_keys``."""
+
+    name: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    stat_keys: ClassVar[tuple[str, ...]] = ("loss_sum", "correct", "count")
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def transform(self, raw: dict[str, Any], key: int) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        raise NotImplementedError
+
+    def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].numel()
+
+    def num_samples(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].shape[0]
+
+    def summarize(self, sums: dict[str, float], prefix: str) -> dict[str, float]:
+        """Summed statistics -> the metrics users read (loss and accuracy of the counted items)."""
+        count = max(sums["count"], 1.0)
+        return {
+            f"{prefix}/loss": sums["loss_sum"] / count,
+            f"{prefix}/accuracy": sums["correct"] / count,
+        }
+
+    @classmethod
+    def check_data(cls, cfg: Any) -> None:
+        """Refuse shards that do not fit the model, before any process starts (ConfigError)."""
+        from data_pipeline.shards import check_manifest
+
+        from pretrain.config import ConfigError
+
+        model_cfg = cfg.model_config()
+        try:
+            check_manifest(
+                cfg.data.dir,
+                seq_len=model_cfg.max_seq_len,
+                objective=cls.name,
+                vocab_size=model_cfg.vocab_size,
+            )
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"data.dir: {e}") from None
 
 
-def ar_step(
-    model: nn.Module, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean next-token loss over the latent positions, and sums for metrics."""
-    logits_blv = model(batch["input_ids"])
-    labels_bl = batch["labels"][:, -logits_blv.shape[1] :]
-    loss_sum, correct, count = _sum_ce(logits_blv, labels_bl)
-    loss = loss_sum / count.clamp(min=1)
-    return loss, {"loss_sum": loss_sum.detach(), "correct": correct, "count": count}
+class MLMObjective(Objective):
+    name = "mlm"
+    model_types = ("perceiver_io_mlm",)
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        from data_pipeline.collators import MLMMasker
+        from data_pipeline.tokenizers import ByteTokenizer
+
+        self.masker = MLMMasker(
+            ByteTokenizer(), mask_prob=cfg.data.mask_prob, seed=cfg.trainer.seed
+        )
+
+    def transform(self, raw, key):
+        return self.masker(raw["tokens"], key)
+
+    def step(self, model, batch):
+        positions_bk, labels_bk = gather_label_positions(batch["labels"])
+        logits_bkv = model(
+            batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            output_positions=positions_bk,
+        )
+        sums = _sum_ce(logits_bkv, labels_bk)
+        loss = sums["loss_sum"] / sums["count"].clamp(min=1)
+        sums["loss_sum"] = sums["loss_sum"].detach()
+        return loss, sums
 
 
-STEP_FNS = {"mlm": mlm_step, "ar": ar_step}
+class ARObjective(Objective):
+    name = "ar"
+    model_types = ("perceiver_ar",)
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        from data_pipeline.collators import ARTargets
+
+        self.targets = ARTargets()
+
+    def transform(self, raw, key):
+        return self.targets(raw["tokens"], key)
+
+    def step(self, model, batch):
+        logits_blv = model(batch["input_ids"])
+        labels_bl = batch["labels"][:, -logits_blv.shape[1] :]
+        sums = _sum_ce(logits_blv, labels_bl)
+        loss = sums["loss_sum"] / sums["count"].clamp(min=1)
+        sums["loss_sum"] = sums["loss_sum"].detach()
+        return loss, sums
+
+    def summarize(self, sums, prefix):
+        out = super().summarize(sums, prefix)
+        out[f"{prefix}/bits_per_byte"] = out[f"{prefix}/loss"] / math.log(2)
+        return out
 
 
-def summarize(
-    objective: str, loss_sum: float, correct: float, count: float, prefix: str
-) -> dict[str, float]:
-    """Turn summed statistics into the metrics users read."""
-    count = max(count, 1.0)
-    loss = loss_sum / count
-    out = {f"{prefix}/loss": loss, f"{prefix}/accuracy": correct / count}
-    if objective == "ar":
-        out[f"{prefix}/bits_per_byte"] = loss / math.log(2)
-    return out
+OBJECTIVES: dict[str, type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+for _cls in (MLMObjective, ARObjective):
+    register_objective(_cls)
+
+
+def objective_for_model(model_type: str) -> str:
+    """The objective that trains ``model_type``."""
+    for name, cls in OBJECTIVES.items():
+        if model_type in cls.model_types:
+            return name
+    raise KeyError(f"no objective trains model type {model_type!r}")
+
+
+def build_objective(cfg: Any) -> Objective:
+    return OBJECTIVES[cfg.objective](cfg)
+
+
+def check_data(cfg: Any) -> None:
+    """Check ``cfg.data`` against the model (raises ConfigError naming the key)."""
+    OBJECTIVES[cfg.objective].check_data(cfg)

@@ -23,7 +23,7 @@ from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist_utils
 from pretrain.config import Config, save_config
 from pretrain.metrics import MetricLogger, Throughput, detect_peak_flops, peak_memory_bytes
-from pretrain.objectives import STEP_FNS, summarize
+from pretrain.objectives import Objective, build_objective
 
 VAL_KEY_OFFSET = 1 << 40  # validation masks use keys disjoint from training's
 
@@ -58,7 +58,7 @@ class TrainResult:
 class StopSignal:
     """Sets a flag on SIGUSR1/SIGUSR2/SIGTERM; ranks agree on it at step boundaries (see the loop).
 
-    SIGUSR2 is the warning signal submitit asks Slurm for (``--signal=USR2@...``), see docs/slurm.md.
+    SIGUSR2 is the warning signal submitit asks Slurm for (``--signal=USR2@...``); docs/slurm.md.
     """
 
     def __init__(
@@ -120,15 +120,6 @@ def _build_engine(cfg: Config, model: torch.nn.Module, device: torch.device, wor
     return engine
 
 
-def _build_batch_transform(cfg: Config):
-    from data_pipeline.collators import ARTargets, MLMMasker
-    from data_pipeline.tokenizers import ByteTokenizer
-
-    if cfg.objective == "ar":
-        return ARTargets()
-    return MLMMasker(ByteTokenizer(), mask_prob=cfg.data.mask_prob, seed=cfg.trainer.seed)
-
-
 def _build_loader(cfg: Config, split: str, shuffle: bool):
     from data_pipeline.streaming import build_dataloader
 
@@ -164,23 +155,31 @@ def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def _accumulate(sums: dict[str, float], stats: dict[str, torch.Tensor]) -> None:
+    for k, v in stats.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+
+
+def _reduce(sums: dict[str, float], keys: tuple[str, ...], device) -> dict[str, float]:
+    """Sum statistics over ranks (keys in a fixed order, so every rank reduces the same tensor)."""
+    return dict(zip(keys, _all_reduce_sum([sums.get(k, 0.0) for k in keys], device)))
+
+
 @torch.no_grad()
-def evaluate(engine, loader, transform, objective: str, max_batches: int, device, world_size: int):
-    """Loss / accuracy (/ bits per byte) on up to ``max_batches`` batches of every rank."""
-    step_fn = STEP_FNS[objective]
+def evaluate(engine, loader, objective: Objective, max_batches: int, device, world_size: int):
+    """The objective's metrics on up to ``max_batches`` batches of every rank."""
     engine.eval()
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    totals = [0.0, 0.0, 0.0]
+    sums: dict[str, float] = {}
     n = min(max_batches, len(loader))
     for i, raw in enumerate(loader):
         if i >= n:
             break
-        batch = _to_device(transform(raw["tokens"], VAL_KEY_OFFSET + i * world_size + rank), device)
-        _, stats = step_fn(engine, batch)
-        totals = [a + float(stats[k]) for a, k in zip(totals, ("loss_sum", "correct", "count"))]
+        batch = _to_device(objective.transform(raw, VAL_KEY_OFFSET + i * world_size + rank), device)
+        _, stats = objective.step(engine, batch)
+        _accumulate(sums, stats)
     engine.train()
-    loss_sum, correct, count = _all_reduce_sum(totals, device)
-    return summarize(objective, loss_sum, correct, count, "val")
+    return objective.summarize(_reduce(sums, objective.stat_keys, device), "val")
 
 
 def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
@@ -216,7 +215,7 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     engine = _build_engine(cfg, model, device, env.world_size)
     torch.manual_seed(t.seed + 1000 * env.rank + 1)  # per-rank streams for dropout
 
-    transform = _build_batch_transform(cfg)
+    objective = build_objective(cfg)
     train_loader = _build_loader(cfg, cfg.data.train_split, cfg.data.shuffle)
     val_loader = _build_loader(cfg, cfg.data.val_split, False) if t.val_every else None
     state = TrainState()
@@ -230,7 +229,6 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     logger = MetricLogger(run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.jsonl)
     if env.is_main and state.step == 0:
         logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```", 0)
-    step_fn = STEP_FNS[cfg.objective]
     autocast = (
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
         if cfg.autocast_bf16
@@ -240,57 +238,65 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     flops_per_sample = float(model_cfg.flops_per_sample())
     peak_flops = detect_peak_flops(device, t.peak_flops)
     stopper = StopSignal()
-    result = TrainResult("finished", state, run_dir, None, num_params=num_params, resumed_from=resume_path)
+    result = TrainResult(
+        "finished", state, run_dir, None, num_params=num_params, resumed_from=resume_path
+    )
     meter = Throughput()
-    window = [0.0, 0.0, 0.0]  # loss_sum, correct, count since the last log
+    window: dict[str, float] = {}  # summed statistics since the last log
     progress = None
     if env.is_main and cfg.logging.progress_bar:
         from tqdm import tqdm
 
-        progress = tqdm(total=t.max_steps, initial=state.step, desc=f"train {cfg.model_type}", unit="step")
+        progress = tqdm(
+            total=t.max_steps, initial=state.step, desc=f"train {cfg.model_type}", unit="step"
+        )
 
     def save(step: int) -> Path:
         client = {"train_state": asdict(state), "loader_state": train_loader.state_dict()}
-        return ckpt.save(engine, cfg.checkpoint_dir(), step, client, cfg.to_yaml(), cfg.checkpoint.keep)
+        return ckpt.save(
+            engine, cfg.checkpoint_dir(), step, client, cfg.to_yaml(), cfg.checkpoint.keep
+        )
 
     try:
         while state.step < t.max_steps:
-            step_stats = [0.0, 0.0, 0.0]
             step_tokens = 0
             for _ in range(t.grad_accum_steps):
                 t0 = time.perf_counter()
-                raw = data.next()
                 key = state.micro_step * env.world_size + env.rank
-                batch = _to_device(transform(raw["tokens"], key), device)
+                batch = _to_device(objective.transform(data.next(), key), device)
                 meter.data_wait += time.perf_counter() - t0
                 with autocast():
-                    loss, stats = step_fn(engine, batch)
+                    loss, stats = objective.step(engine, batch)
                 engine.backward(loss)
-                if engine.is_gradient_accumulation_boundary() and engine.get_global_grad_norm() is None:
+                if (
+                    engine.is_gradient_accumulation_boundary()
+                    and engine.get_global_grad_norm() is None
+                ):
                     last_grad_norm = _grad_norm(engine.module)
                 engine.step()
                 state.micro_step += 1
-                step_stats = [a + float(stats[k]) for a, k in zip(step_stats, ("loss_sum", "correct", "count"))]
-                meter.samples += batch["input_ids"].shape[0]
-                meter.tokens += batch["input_ids"].numel()
-                step_tokens += batch["input_ids"].numel()
+                _accumulate(window, stats)
+                meter.samples += objective.num_samples(batch)
+                step_tokens += objective.num_tokens(batch)
+            meter.tokens += step_tokens
             state.step += 1
             state.epoch = data.epoch
             state.samples_seen += t.micro_batch_size * t.grad_accum_steps * env.world_size
             state.tokens_seen += step_tokens * env.world_size
-            window = [a + b for a, b in zip(window, step_stats)]
 
             if state.step % t.log_every == 0 or state.step == t.max_steps:
-                loss_sum, correct, count = _all_reduce_sum(window, device)
-                metrics = summarize(cfg.objective, loss_sum, correct, count, "train")
+                metrics = objective.summarize(_reduce(window, objective.stat_keys, device), "train")
                 if not math.isfinite(metrics["train/loss"]):
-                    raise FloatingPointError(f"step {state.step}: training loss is {metrics['train/loss']}")
+                    raise FloatingPointError(
+                        f"step {state.step}: training loss is {metrics['train/loss']}"
+                    )
                 grad_norm = engine.get_global_grad_norm()
-                grad_norm = last_grad_norm if grad_norm is None else grad_norm
                 metrics.update(
                     {
                         "train/lr": engine.get_lr()[0],
-                        "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                        "train/grad_norm": float(
+                            last_grad_norm if grad_norm is None else grad_norm
+                        ),
                         "train/tokens_seen": float(state.tokens_seen),
                         "train/epoch": float(state.epoch),
                         "perf/peak_memory_gib": peak_memory_bytes(device) / 2**30,
@@ -298,19 +304,22 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
                     }
                 )
                 logger.log(metrics, state.step)
-                result.first_loss = result.first_loss if result.first_loss is not None else metrics["train/loss"]
+                if result.first_loss is None:
+                    result.first_loss = metrics["train/loss"]
                 result.last_loss = metrics["train/loss"]
                 if progress is not None:
                     progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-                window = [0.0, 0.0, 0.0]
+                window = {}
                 meter.reset()
             if progress is not None:
                 progress.update(1)
 
-            if val_loader is not None and (state.step % t.val_every == 0 or state.step == t.max_steps):
+            if val_loader is not None and (
+                state.step % t.val_every == 0 or state.step == t.max_steps
+            ):
                 with autocast():
                     result.val_metrics = evaluate(
-                        engine, val_loader, transform, cfg.objective, t.val_batches, device, env.world_size
+                        engine, val_loader, objective, t.val_batches, device, env.world_size
                     )
                 logger.log(result.val_metrics, state.step)
 

@@ -117,3 +117,28 @@ def test_demo_pipeline_reduced(tmp_path):
     assert "val/bits_per_byte" in summaries["ar"]["val_metrics"]
     report = format_report(summaries, tmp_path)
     assert "tensorboard --logdir" in report and "tokens seen" in report
+
+
+def test_shards_that_do_not_fit_the_model_are_refused_before_training(shards, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain.cli",
+            "train",
+            str(REPO / "configs" / "tiny_mlm.yaml"),
+            f"data.dir={shards['ar']}",
+            f"trainer.run_dir={tmp_path / 'run'}",
+            "--nproc-per-node",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "data.dir" in proc.stderr and "257 tokens" in proc.stderr
+    assert not (tmp_path / "run").exists()
