@@ -1,8 +1,8 @@
 """The ``perceiver`` command: thin wrappers that parse, build and run.
 
-    perceiver train CONFIG [key.sub=value ...] [--dry-run] [--nproc-per-node N]
-    perceiver data prepare|inspect ...
-    perceiver demo [--out DIR]
+perceiver train CONFIG [key.sub=value ...] [--dry-run] [--nproc-per-node N]
+perceiver data prepare|inspect ...
+perceiver demo [--out DIR]
 """
 
 from __future__ import annotations
@@ -57,8 +57,12 @@ def spawn_local(argv: list[str], nproc: int) -> int:
     for rank in range(nproc):
         env = dict(os.environ)
         env.update(
-            RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+            RANK=str(rank),
+            WORLD_SIZE=str(nproc),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
         )
         procs.append(subprocess.Popen([sys.executable, "-m", "pretrain.cli", *argv], env=env))
 
@@ -97,6 +101,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         world = args.nproc_per_node or int(os.environ.get("WORLD_SIZE", "1"))
         print(_describe(cfg, world))
         return 0
+    from pretrain.objectives import check_data
+
+    check_data(cfg)  # refuse shards that do not fit the model before any process starts
     if args.nproc_per_node and "RANK" not in os.environ:
         argv = ["train", args.config, *args.overrides]
         if args.stop_at_step is not None:
@@ -143,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pretrain.demo import add_demo_subcommand
 
     add_demo_subcommand(sub)
+    from slurm.cli import add_slurm_subcommands
+
+    add_slurm_subcommands(sub)
     return parser
 
 

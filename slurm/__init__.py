@@ -1,0 +1,9 @@
+"""Where and how many: Slurm submission, preemption/requeue and status (docs/slurm.md).
+
+* :mod:`slurm.cluster`: the job request, the cluster (``scontrol``), validation.
+* :mod:`slurm.launcher`: ``TrainJob`` (what every task runs) and submission with submitit.
+* :mod:`slurm.lifecycle`: the batch script's start/end hooks (event log, requeue decisions).
+* :mod:`slurm.status`: ``perceiver status``.
+* :mod:`slurm.cli`: ``perceiver submit`` / ``perceiver status``.
+* ``slurm/templates/train.sbatch``: plain sbatch + srun + ``perceiver train``.
+"""

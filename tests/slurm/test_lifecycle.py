@@ -1,0 +1,150 @@
+"""What the batch script does after srun returns, and the run's event log."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slurm import lifecycle
+from slurm.lifecycle import decide
+from tests.conftest import REPO
+
+BASE = dict(
+    job_state="RUNNING",
+    exit_code=0,
+    summary_status=None,
+    start_step=40,
+    latest_step=40,
+    restarts=0,
+    max_requeues=3,
+)
+
+
+@pytest.mark.parametrize(
+    "change, action, exit_code",
+    [
+        # Slurm is ending the job itself (scontrol requeue, preemption, scancel, time limit).
+        ({"job_state": "COMPLETING", "exit_code": 143}, "leave", 143),
+        ({"job_state": "CANCELLED", "summary_status": "preempted"}, "leave", 0),
+        # Finished, or stopped on purpose (--stop-at-step).
+        ({"summary_status": "finished", "latest_step": 100}, "done", 0),
+        ({"summary_status": "stopped"}, "done", 0),
+        # Warning signal: the ranks saved; requeue unless the cap is reached.
+        ({"summary_status": "preempted", "latest_step": 55}, "requeue", 0),
+        ({"summary_status": "preempted", "restarts": 3}, "stop", 1),
+        # Crash: requeue after progress only.
+        ({"exit_code": 137, "latest_step": 60}, "requeue", 0),
+        ({"exit_code": 137, "start_step": None, "latest_step": 20}, "requeue", 0),
+        ({"exit_code": 137}, "stop", 137),
+        ({"exit_code": 1, "start_step": None, "latest_step": None}, "stop", 1),
+        ({"exit_code": 137, "latest_step": 60, "restarts": 3}, "stop", 1),
+        # srun succeeded but nobody wrote a summary: something is wrong, do not loop.
+        ({}, "stop", 1),
+        # Slurm did not answer: decide from the files.
+        ({"job_state": None, "summary_status": "preempted"}, "requeue", 0),
+    ],
+)
+def test_decide(change, action, exit_code):
+    d = decide(**{**BASE, **change})
+    assert (d.action, d.exit_code) == (action, exit_code), d.reason
+
+
+def test_reasons_explain():
+    assert (
+        "max_requeues=3" in decide(**{**BASE, "summary_status": "preempted", "restarts": 3}).reason
+    )
+    assert "JobState=COMPLETING" in decide(**{**BASE, "job_state": "COMPLETING"}).reason
+    assert "without a new checkpoint" in decide(**{**BASE, "exit_code": 9}).reason
+
+
+def test_events_round_trip_and_start(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "step_00000020").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_00000020" / "COMPLETE").write_text("{}")
+    env = {"SLURM_JOB_ID": "77", "SLURM_RESTART_COUNT": "2", "SLURM_JOB_NODELIST": "n[1-2]"}
+    event = lifecycle.on_start(run_dir, env)
+    assert event["checkpoint_step"] == 20 and event["restart_count"] == 2
+    with open(run_dir / "slurm" / "events.jsonl", "a") as f:
+        f.write('{"event": "torn')  # a crash mid-write
+    events = lifecycle.read_events(run_dir)
+    assert [e["event"] for e in events] == ["start"] and events[0]["job_id"] == "77"
+
+
+def test_template_start_snapshots_once_and_resumes_after_requeue(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = str(REPO / "configs" / "tiny_mlm.yaml")
+    first = {"SLURM_JOB_ID": "5"}
+    run_dir, snap, extra = lifecycle.start_from_config(
+        config, ["data.dir=shards", "trainer.run_dir=run", "checkpoint.resume=none"], first
+    )
+    assert run_dir == tmp_path / "run" and snap == run_dir / "slurm" / "config.yaml"
+    assert extra == []  # the first start honours checkpoint.resume
+    text = snap.read_text()
+    assert f"dir: {tmp_path}/shards" in text  # relative paths made absolute for the job
+
+    # After a requeue: the YAML may have changed, the job keeps its snapshot and resumes.
+    again = {"SLURM_JOB_ID": "5", "SLURM_RESTART_COUNT": "1"}
+    _, snap2, extra2 = lifecycle.start_from_config(
+        config, ["data.dir=other", "trainer.run_dir=run"], again
+    )
+    assert snap2 == snap and snap.read_text() == text
+    assert extra2 == ["checkpoint.resume=auto"]
+    starts = lifecycle.read_events(run_dir)
+    assert [e["restart_count"] for e in starts] == [0, 1]
+
+    from pretrain.config import load_config
+
+    assert load_config(snap).trainer.run_dir == str(run_dir)  # the snapshot loads as a config
+
+
+def test_submitit_checkpoint_requeues_until_the_cap(tmp_path, monkeypatch):
+    """submitit calls TrainJob.checkpoint() on rank 0 for a warning signal during start-up."""
+    from pretrain.config import load_config
+    from slurm.launcher import TrainJob
+
+    cfg = load_config(
+        REPO / "configs" / "tiny_mlm.yaml",
+        ["data.dir=shards", f"trainer.run_dir={tmp_path}", "trainer.max_requeues=2"],
+    )
+    monkeypatch.setenv("SLURM_JOB_ID", "9")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    delayed = TrainJob(cfg).checkpoint()
+    assert isinstance(delayed.function, TrainJob) and delayed.function.cfg == cfg
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert TrainJob(cfg).checkpoint() is None
+    actions = [e["action"] for e in lifecycle.read_events(tmp_path)]
+    assert actions == ["requeue", "stop"]
+
+
+def test_end_hook_reads_only_this_starts_summary(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {"SLURM_JOB_ID": "987654321", "SLURM_RESTART_COUNT": "1"}
+    lifecycle.on_start(run_dir, env)
+    summary = run_dir / "summary.json"
+    # Left by the previous start of this job: not this start's outcome.
+    summary.write_text(
+        json.dumps({"status": "finished", "slurm_job_id": "987654321", "slurm_restart_count": 0})
+    )
+    decision = lifecycle.on_end(run_dir, 0, env)
+    assert decision.action == "stop" and "without writing a summary" in decision.reason
+    # This start's: preempted -> requeue, which scontrol refuses for a job that does not exist.
+    summary.write_text(
+        json.dumps({"status": "preempted", "slurm_job_id": "987654321", "slurm_restart_count": 1})
+    )
+    decision = lifecycle.on_end(run_dir, 0, env)
+    assert decision.action == "stop" and "scontrol requeue 987654321 failed" in decision.reason
+    events = lifecycle.read_events(run_dir)
+    assert [(e["event"], e.get("action")) for e in events] == [
+        ("start", None),
+        ("end", "stop"),
+        ("end", "requeue"),
+        ("requeue_failed", None),
+    ]
+
+
+def test_job_id_of():
+    assert lifecycle.job_id_of({"SLURM_JOB_ID": "16"}) == "16"
+    array = {"SLURM_JOB_ID": "16", "SLURM_ARRAY_JOB_ID": "15", "SLURM_ARRAY_TASK_ID": "0"}
+    assert lifecycle.job_id_of(array) == "15_0"
+    assert lifecycle.job_id_of({}) == ""
