@@ -1,0 +1,291 @@
+"""Perceiver IO masked language model (Jaegle et al., 2021), mirroring HF `PerceiverForMaskedLM`.
+
+Module for module the same computation as `transformers.PerceiverForMaskedLM`, so weights convert
+both ways (`pretrain.models.hf_interop`):
+
+    tokens [b, s] -> token_embedding + position_embedding      -> x_bsc  (c = d_model)
+    latents [n, D] --cross_attention(x)-->                        z_bnD  (encoder)
+    z --self_attention_layers x num_self_attention_blocks-->      z_bnD  (shared weights per block)
+    output_queries[positions] --decoder_cross_attention(z)-->     h_bkc  (no query residual)
+    h @ token_embedding.T + output_bias                        -> logits_bkv
+
+The fused `qkv_proj`/`kv_proj` weights are concatenations of HF's separate query/key/value
+Linears. Decoder queries are independent of each other, so `output_positions` decodes only the
+positions that carry a label (exact, and it skips ~85% of the decoder's work in MLM training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretrain.models.attention import (
+    CrossAttentionLayer,
+    SelfAttentionLayer,
+    padding_mask_or_none,
+)
+from pretrain.models.flops import (
+    cross_attention_layer_flops,
+    cross_attention_layer_params,
+    self_attention_layer_flops,
+    self_attention_layer_params,
+)
+
+
+@dataclass
+class PerceiverIOConfig:
+    """Hyperparameters of `PerceiverMLM`; the defaults are the paper's 201M byte-level model.
+
+    Attributes:
+        vocab_size: Number of token ids.
+        max_seq_len: Maximum input length (learned input positions and decoder queries).
+        num_input_channels: Channels of the token/position embeddings (HF `d_model`).
+        num_latents: Number of latents (HF `num_latents`).
+        num_latent_channels: Channels of the latents (HF `d_latents`).
+        num_cross_attention_heads: Heads of the encoder cross-attention.
+        num_self_attention_heads: Heads of the latent self-attention.
+        cross_attention_qk_channels: Query/key channels of the encoder cross-attention.
+        cross_attention_v_channels: Value channels of the encoder cross-attention.
+        self_attention_qk_channels: Query/key channels of the latent self-attention.
+        self_attention_v_channels: Value channels of the latent self-attention.
+        cross_attention_widening_factor: MLP widening factor after the encoder cross-attention.
+        self_attention_widening_factor: MLP widening factor in the self-attention layers.
+        num_self_attention_layers_per_block: Distinct self-attention layers (HF
+            `num_self_attends_per_block`).
+        num_self_attention_blocks: How often the block of layers is applied, with shared weights
+            (HF `num_blocks`).
+        use_query_residual: Residual from the latents around the encoder cross-attention.
+        num_decoder_heads: Heads of the decoder cross-attention (HF: 8).
+        decoder_qk_channels: Query/key channels of the decoder cross-attention (HF: 8 * 32).
+        dropout: Dropout on attention weights (HF `attention_probs_dropout_prob`).
+        init_scale: Standard deviation of the normal initialisation (HF `initializer_range`).
+    """
+
+    vocab_size: int = 262
+    max_seq_len: int = 2048
+    num_input_channels: int = 768
+    num_latents: int = 256
+    num_latent_channels: int = 1280
+    num_cross_attention_heads: int = 8
+    num_self_attention_heads: int = 8
+    cross_attention_qk_channels: int = 256
+    cross_attention_v_channels: int = 1280
+    self_attention_qk_channels: int = 256
+    self_attention_v_channels: int = 1280
+    cross_attention_widening_factor: int = 1
+    self_attention_widening_factor: int = 1
+    num_self_attention_layers_per_block: int = 26
+    num_self_attention_blocks: int = 1
+    use_query_residual: bool = True
+    num_decoder_heads: int = 8
+    decoder_qk_channels: int = 256
+    dropout: float = 0.1
+    init_scale: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or name in ("dropout", "init_scale"):
+                continue
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.init_scale <= 0:
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
+        for prefix, heads in (
+            ("cross_attention", self.num_cross_attention_heads),
+            ("self_attention", self.num_self_attention_heads),
+        ):
+            for kind in ("qk", "v"):
+                name = f"{prefix}_{kind}_channels"
+                if getattr(self, name) % heads:
+                    raise ValueError(f"{name} ({getattr(self, name)}) must be divisible by {heads}")
+        for name in ("decoder_qk_channels", "num_input_channels"):
+            if getattr(self, name) % self.num_decoder_heads:
+                raise ValueError(f"{name} must be divisible by num_decoder_heads")
+
+    @property
+    def num_self_attention_layers(self) -> int:
+        """Self-attention layers applied in a forward pass (counting shared ones each time)."""
+        return self.num_self_attention_layers_per_block * self.num_self_attention_blocks
+
+    def _layers(self) -> dict[str, dict[str, int]]:
+        c, d = self.num_input_channels, self.num_latent_channels
+        return {
+            "encoder": dict(
+                q_dim=d,
+                kv_dim=c,
+                qk=self.cross_attention_qk_channels,
+                v=self.cross_attention_v_channels,
+                widening=self.cross_attention_widening_factor,
+            ),
+            "self": dict(
+                dim=d,
+                qk=self.self_attention_qk_channels,
+                v=self.self_attention_v_channels,
+                widening=self.self_attention_widening_factor,
+            ),
+            "decoder": dict(q_dim=c, kv_dim=d, qk=self.decoder_qk_channels, v=c, widening=1),
+        }
+
+    def num_params(self) -> int:
+        """Analytic number of parameters (the embedding is tied to the MLM head)."""
+        layers = self._layers()
+        c, s, v = self.num_input_channels, self.max_seq_len, self.vocab_size
+        embeddings = v * c + 2 * s * c + self.num_latents * self.num_latent_channels + v
+        return (
+            embeddings
+            + cross_attention_layer_params(**layers["encoder"])
+            + self.num_self_attention_layers_per_block
+            * self_attention_layer_params(**layers["self"])
+            + cross_attention_layer_params(**layers["decoder"])
+        )
+
+    def flops_per_sample(
+        self, seq_len: int | None = None, num_output_positions: int | None = None
+    ) -> int:
+        """Forward + backward matmul FLOPs for one sample (3 x the forward's 2 * m * n * k).
+
+        Args:
+            seq_len: Input length (default `max_seq_len`).
+            num_output_positions: Decoded positions per sample (default: all `seq_len`; pass the
+                number of `output_positions` when decoding only masked positions).
+
+        Returns:
+            FLOPs of one training step for one sample (embedding lookups and elementwise ops are
+            not counted).
+        """
+        s = self.max_seq_len if seq_len is None else seq_len
+        k = s if num_output_positions is None else num_output_positions
+        n, layers = self.num_latents, self._layers()
+        forward = (
+            cross_attention_layer_flops(num_q=n, num_kv=s, **layers["encoder"])
+            + self.num_self_attention_layers * self_attention_layer_flops(n, **layers["self"])
+            + cross_attention_layer_flops(num_q=k, num_kv=n, **layers["decoder"])
+            + 2 * k * self.num_input_channels * self.vocab_size
+        )
+        return 3 * forward
+
+
+class PerceiverMLM(nn.Module):
+    """Perceiver IO masked language model (see the module docstring for the data flow).
+
+    Args:
+        cfg: Model hyperparameters. Parameters are allocated but not initialised: call
+            `init_weights()` (allows construction on the meta device).
+    """
+
+    def __init__(self, cfg: PerceiverIOConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, d = cfg.num_input_channels, cfg.num_latent_channels
+        self.token_embedding = nn.Embedding(cfg.vocab_size, c)
+        self.position_embedding = nn.Embedding(cfg.max_seq_len, c)
+        self.latents = nn.Parameter(torch.empty(cfg.num_latents, d))
+        self.cross_attention = CrossAttentionLayer(
+            q_dim=d,
+            kv_dim=c,
+            qk_channels=cfg.cross_attention_qk_channels,
+            v_channels=cfg.cross_attention_v_channels,
+            num_heads=cfg.num_cross_attention_heads,
+            widening_factor=cfg.cross_attention_widening_factor,
+            use_query_residual=cfg.use_query_residual,
+            dropout=cfg.dropout,
+        )
+        self.self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(
+                dim=d,
+                qk_channels=cfg.self_attention_qk_channels,
+                v_channels=cfg.self_attention_v_channels,
+                num_heads=cfg.num_self_attention_heads,
+                widening_factor=cfg.self_attention_widening_factor,
+                dropout=cfg.dropout,
+            )
+            for _ in range(cfg.num_self_attention_layers_per_block)
+        )
+        self.output_queries = nn.Parameter(torch.empty(cfg.max_seq_len, c))
+        self.decoder_cross_attention = CrossAttentionLayer(
+            q_dim=c,
+            kv_dim=d,
+            qk_channels=cfg.decoder_qk_channels,
+            v_channels=c,
+            num_heads=cfg.num_decoder_heads,
+            widening_factor=1,
+            use_query_residual=False,
+            dropout=cfg.dropout,
+        )
+        self.output_bias = nn.Parameter(torch.empty(cfg.vocab_size))
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """HF initialisation: N(0, init_scale) for weights, embeddings, latents and queries."""
+        std = self.cfg.init_scale
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.latents, std=std)
+        nn.init.normal_(self.output_queries, std=std)
+        nn.init.zeros_(self.output_bias)
+
+    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Embeds the tokens and returns the processed latents z_bnD.
+
+        Args:
+            input_ids: long [b, s] with s <= max_seq_len.
+            attention_mask: Optional bool [b, s], True = real token (padding is never attended).
+        """
+        b, s = input_ids.shape
+        if s > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {s} exceeds max_seq_len {self.cfg.max_seq_len}")
+        x_bsc = self.token_embedding(input_ids) + self.position_embedding.weight[:s]
+        latents_bnd = self.latents.expand(b, -1, -1)
+        mask_bs = padding_mask_or_none(attention_mask)  # packed sequences need no mask
+        z_bnd = self.cross_attention(latents_bnd, x_bsc, key_padding_mask_bm=mask_bs)
+        for _ in range(self.cfg.num_self_attention_blocks):
+            for layer in self.self_attention_layers:
+                z_bnd = layer(z_bnd)
+        return z_bnd
+
+    def decode(self, z_bnd: Tensor, queries_bkc: Tensor) -> Tensor:
+        """Cross-attends decoder queries (rows of `output_queries`) to the latents z_bnD.
+
+        Returns:
+            Logits [b, k, vocab_size].
+        """
+        h_bkc = self.decoder_cross_attention(queries_bkc, z_bnd)
+        return F.linear(h_bkc, self.token_embedding.weight, self.output_bias)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        output_positions: Tensor | None = None,
+    ) -> Tensor:
+        """Masked-LM logits.
+
+        Args:
+            input_ids: long [b, s].
+            attention_mask: Optional bool [b, s], True = real token.
+            output_positions: Optional long [b, k] positions to decode (e.g. the masked ones;
+                rows may repeat a position to pad to a common k). None decodes all s positions.
+
+        Returns:
+            Logits [b, s, vocab_size], or [b, k, vocab_size] with `output_positions`.
+        """
+        z_bnd = self.encode(input_ids, attention_mask)
+        if output_positions is None:
+            b, s = input_ids.shape
+            queries_bkc = self.output_queries[:s].expand(b, -1, -1)
+        else:
+            queries_bkc = self.output_queries[output_positions]
+        return self.decode(z_bnd, queries_bkc)
