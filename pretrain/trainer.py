@@ -121,18 +121,51 @@ def _build_engine(cfg: Config, model: torch.nn.Module, device: torch.device, wor
 
 
 def _build_loader(cfg: Config, split: str, shuffle: bool):
+    from data_pipeline.mixtures import (
+        MixtureSource,
+        build_mixture_dataloader,
+        build_val_loader,
+        check_datasets,
+    )
     from data_pipeline.streaming import build_dataloader
 
     # One cache per node: streaming's local leaders must not share a `local` dir (run_dir may be
     # on a shared filesystem, and a test cluster runs several Slurm nodes on one host).
     node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
     cache_root = Path(cfg.data.cache_dir or Path(cfg.trainer.run_dir) / ".streaming_cache" / node)
-    return build_dataloader(
-        cfg.data.dir,
-        split,
+    datasets = cfg.data.dataset_dirs()
+    if split == cfg.data.train_split and cfg.model_type in ("perceiver_io_mlm", "perceiver_ar"):
+        check_datasets(  # refuses shards the model cannot read, naming model.vocab_size
+            [d for _, d, _ in datasets],
+            max_seq_len=cfg.model.get("max_seq_len"),
+            objective=cfg.objective,
+            vocab_size=cfg.model.get("vocab_size"),
+        )
+    if not cfg.data.mixture:
+        return build_dataloader(
+            cfg.data.dir,
+            split,
+            cfg.trainer.micro_batch_size,
+            shuffle=shuffle,
+            seed=cfg.data.shuffle_seed,
+            num_workers=cfg.data.num_workers,
+            cache_root=str(cache_root),
+        )
+    sources = [MixtureSource(name, d, p) for name, d, p in datasets]
+    if split == cfg.data.train_split:
+        return build_mixture_dataloader(
+            sources,
+            split,
+            cfg.trainer.micro_batch_size,
+            shuffle=shuffle,
+            seed=cfg.data.shuffle_seed,
+            num_workers=cfg.data.num_workers,
+            cache_root=str(cache_root),
+        )
+    return build_val_loader(  # each dataset's own val split, interleaved in proportion
+        sources,
         cfg.trainer.micro_batch_size,
-        shuffle=shuffle,
-        seed=cfg.data.shuffle_seed,
+        split=split,
         num_workers=cfg.data.num_workers,
         cache_root=str(cache_root),
     )
@@ -223,6 +256,8 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     if resume_path is not None:
         client = ckpt.load(engine, resume_path)
         state = TrainState(**client["train_state"])
+    # Slurm counts how often it requeued this job; keep the count with the run's state.
+    state.requeues = int(os.environ.get("SLURM_RESTART_COUNT", state.requeues))
         train_loader.load_state_dict(client["loader_state"])
     data = _EpochLoader(train_loader, state.epoch)
 
@@ -322,6 +357,7 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
                         engine, val_loader, objective, t.val_batches, device, env.world_size
                     )
                 logger.log(result.val_metrics, state.step)
+                logger.log_images(objective.images(), state.step)
 
             stop = dist_utils.all_reduce_max_flag(stopper.requested, device)
             if stop or (stop_at_step is not None and state.step >= stop_at_step):
