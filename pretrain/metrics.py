@@ -81,6 +81,12 @@ class MetricLogger:
         if self.enabled and self._tb is not None:
             self._tb.add_text(tag, text, global_step=step)
 
+    def log_images(self, images: dict[str, Any], step: int) -> None:
+        """TensorBoard images: tag -> uint8 array or tensor [N, H, W, 3] (N images per step)."""
+        if self.enabled and self._tb is not None:
+            for tag, batch in images.items():
+                self._tb.add_images(tag, batch, global_step=step, dataformats="NHWC")
+
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()

@@ -83,6 +83,10 @@ class Objective:
             f"{prefix}/accuracy": sums["correct"] / count,
         }
 
+    def images(self) -> dict[str, torch.Tensor]:
+        """Images to log after an evaluation (tag -> uint8 [N, H, W, 3]); none by default."""
+        return {}
+
     @classmethod
     def check_data(cls, cfg: Any) -> None:
         """Refuse shards that do not fit the model, before any process starts (ConfigError)."""
@@ -168,6 +172,7 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
 
 for _cls in (MLMObjective, ARObjective):
     register_objective(_cls)
+
 
 
 def objective_for_model(model_type: str) -> str:
