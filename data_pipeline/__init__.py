@@ -1,12 +1,21 @@
 """Data pipeline: raw corpus -> documents -> packed token shards (MDS) -> batches.
 
-    corpus.py      readers yielding `Document`/`Rejected` records; the stdlib-docstring demo
-    tokenizers.py  `ByteTokenizer` (262 ids: 6 specials + bytes)
+    inputs.py      input files (paths, globs, dirs, s3:// gs://), decompression, truncation
+    corpus.py      `Document`/`Rejected` records; text and JSON-lines readers; stdlib demo
+    wikitext.py    wikitext -> clean prose
+    wikipedia.py   MediaWiki XML dumps -> chunks of pages -> articles
+    sources.py     source kinds (wikipedia, wikiextractor, c4, jsonl, text, parquet, demo)
+    tokenizers.py  `ByteTokenizer` (262 ids: 6 specials + bytes), `SentencePieceTokenizer`
+    spm.py         `train_spm` (perceiver data train-spm)
     packing.py     documents -> fixed-length samples; hash-based train/val split
-    shards.py      `write_shards` -> DIR/{train,val} + manifest.json; `prepare_demo_corpus`
+    mds.py         `TokenShardWriter` (vectorised MDS writer), sub-index merging
+    convert.py     parts, worker processes, resume
+    prepare.py     `prepare` (perceiver data prepare): plan -> parts -> merged shards + manifest
+    shards.py      `write_shards` (one process) -> DIR/{train,val} + manifest.json; manifests
     streaming.py   `build_dataloader` (StreamingDataset + StreamingDataLoader)
+    mixtures.py    several datasets in proportions (train), interleaved validation
     collators.py   `stack_tokens` (collate_fn); `MLMMasker`, `ARTargets` (batch transforms)
-    cli.py         `perceiver data prepare|inspect`
+    cli.py         `perceiver data prepare|train-spm|inspect`
 
 Nothing here imports `pretrain`. Names below are imported lazily, so `import data_pipeline` is
 cheap and `mosaicml-streaming` (slow to import) loads only when shards or loaders are used.
@@ -39,6 +48,18 @@ _EXPORTS = {
     "ARTargets": "collators",
     "make_batch_transform": "collators",
     "add_data_subcommands": "cli",
+    "SentencePieceTokenizer": "tokenizers",
+    "tokenizer_from_manifest": "tokenizers",
+    "prepare": "prepare",
+    "train_spm": "spm",
+    "clean_wikitext": "wikitext",
+    "read_dump": "wikipedia",
+    "read_input": "sources",
+    "MixtureSource": "mixtures",
+    "build_mixture_dataloader": "mixtures",
+    "build_val_loader": "mixtures",
+    "check_datasets": "mixtures",
+    "segment_ids": "collators",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,11 @@
 """`perceiver data ...` subcommands: build shards from a corpus, and look inside them.
 
     perceiver data prepare --source demo --output DIR --seq-len 512 --objective mlm
-    perceiver data prepare --source jsonl --input c4/ --output DIR --seq-len 2048 --objective ar
+    perceiver data prepare --source c4 --input 'c4/en/c4-train.*.json.gz' --output DIR \
+        --tokenizer bytes --seq-len 2048 --workers 16
+    perceiver data prepare --source wikipedia --input enwiki-pages-articles.xml.bz2 ...
+    perceiver data train-spm --source c4 --input c4/en/ --output spm/c4_32k.model
+    perceiver data prepare ... --tokenizer spm:spm/c4_32k.model
     perceiver data inspect DIR [--samples 3] [--json]
 
 `pretrain/cli.py` registers these on its `data` command with `add_data_subcommands(subparsers)`;
@@ -22,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.corpus import SOURCES, CorpusError
+from data_pipeline.corpus import DEFAULT_MAX_DOC_BYTES, SOURCES, CorpusError
 from data_pipeline.packing import OBJECTIVES, SPLITS
 from data_pipeline.shards import (
     DEFAULT_SIZE_LIMIT,
@@ -31,7 +35,7 @@ from data_pipeline.shards import (
     prepare_demo_corpus,
     read_manifest,
 )
-from data_pipeline.tokenizers import available_tokenizers, get_tokenizer
+from data_pipeline.tokenizers import available_tokenizers, tokenizer_from_manifest
 
 __all__ = [
     "add_data_subcommands",
@@ -41,9 +45,11 @@ __all__ = [
     "prepare_demo_corpus",
     "run_inspect",
     "run_prepare",
+    "run_train_spm",
 ]
 
-DEFAULT_VAL_FRACTION = {"demo": 0.05, "text": 0.01, "jsonl": 0.01}
+DEFAULT_VAL_FRACTION = {"demo": 0.05, "wikipedia": 0.005, "wikiextractor": 0.005}
+"""Default `--val-fraction` by source (0.01 for the others)."""
 
 
 def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -67,7 +73,8 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "--source",
         choices=SOURCES,
         required=True,
-        help="text files, JSON lines, or the demo corpus (stdlib docstrings)",
+        help="wikipedia: MediaWiki XML dumps (.xml/.xml.bz2); wikiextractor: its JSON or <doc> "
+        "output; c4: c4-*.json.gz; jsonl, text, parquet: generic; demo: stdlib docstrings",
     )
     prepare.add_argument(
         "--input",
@@ -75,7 +82,7 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=[],
         metavar="PATH",
-        help="files or directories (not for --source demo)",
+        help="files, globs, directories or s3:// / gs:// URLs (not for --source demo)",
     )
     prepare.add_argument("--output", required=True, type=Path, metavar="DIR")
     prepare.add_argument(
@@ -84,7 +91,12 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="model input length (AR samples store seq_len + 1 tokens)",
     )
-    prepare.add_argument("--objective", choices=OBJECTIVES, required=True)
+    prepare.add_argument(
+        "--objective",
+        choices=OBJECTIVES,
+        default="mlm",
+        help="mlm: samples of seq-len tokens; ar: seq-len + 1 (default: mlm)",
+    )
     prepare.add_argument(
         "--val-fraction",
         type=float,
@@ -92,10 +104,52 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
         help=f"fraction of documents for validation (default: {DEFAULT_VAL_FRACTION})",
     )
     prepare.add_argument(
-        "--max-bytes", type=int, default=None, help="stop reading after this many bytes of text"
+        "--max-bytes",
+        type=int,
+        default=None,
+        help="take about this many bytes of text from each input (default: all)",
     )
-    prepare.add_argument("--text-field", default="text", help="JSON field of the text")
-    prepare.add_argument("--tokenizer", choices=available_tokenizers(), default="byte")
+    prepare.add_argument(
+        "--text-field", default="text", help="JSON field or Parquet column of the text"
+    )
+    prepare.add_argument("--id-field", default=None, help="JSON field of a document id")
+    prepare.add_argument(
+        "--tokenizer",
+        default="byte",
+        metavar="{bytes,spm:MODEL}",
+        help=f"{' or '.join(available_tokenizers())}, or spm:PATH to a SentencePiece model from "
+        "`perceiver data train-spm` (copied beside the shards)",
+    )
+    prepare.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes; the output is the same for any number (default: 1)",
+    )
+    prepare.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first bad record (invalid UTF-8 or JSON, truncated file, empty or "
+        "too large document); redirects and non-article pages are still only counted",
+    )
+    prepare.add_argument(
+        "--max-doc-bytes",
+        type=int,
+        default=DEFAULT_MAX_DOC_BYTES,
+        help="documents above this size are rejected (default: 64 MiB)",
+    )
+    prepare.add_argument(
+        "--chunk-mb",
+        type=float,
+        default=None,
+        help="wikipedia: MB of XML per parallel part (default: 32)",
+    )
+    prepare.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar with MB/s and docs/s (default: when stderr is a terminal)",
+    )
     prepare.add_argument(
         "--paragraphs",
         action="store_true",
@@ -103,6 +157,11 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     prepare.add_argument(
         "--size-limit", default=DEFAULT_SIZE_LIMIT, help="shard size before compression, e.g. 64mb"
+    )
+    prepare.add_argument(
+        "--compression",
+        default="zstd:1",
+        help="shard compression, zstd:LEVEL (default zstd:1: 7%% larger than zstd:3, 2x faster)",
     )
     prepare.add_argument(
         "--overwrite", action="store_true", help="replace DIR if it already holds shards"
@@ -115,6 +174,28 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--chars", type=int, default=300, help="characters per shown sample")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
     inspect.set_defaults(func=run_inspect)
+
+    add_train_spm_subcommand(subparsers)
+
+
+def add_train_spm_subcommand(subparsers: argparse._SubParsersAction) -> None:
+    """Registers `perceiver data train-spm`."""
+    train = subparsers.add_parser(
+        "train-spm",
+        help="train a SentencePiece model on a sample of a corpus",
+        description="Train a SentencePiece model (unigram, byte fallback, the byte tokenizer's "
+        "special ids) on the first --sample-mb of documents spread over the inputs.",
+    )
+    train.add_argument("--source", choices=[s for s in SOURCES if s != "demo"], required=True)
+    train.add_argument("--input", dest="inputs", nargs="+", required=True, metavar="PATH")
+    train.add_argument("--output", required=True, type=Path, metavar="MODEL")
+    train.add_argument("--vocab-size", type=int, default=32000)
+    train.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
+    train.add_argument("--sample-mb", type=float, default=200.0, help="text sampled (MB)")
+    train.add_argument("--character-coverage", type=float, default=0.9995)
+    train.add_argument("--text-field", default="text")
+    train.add_argument("--workers", type=int, default=1)
+    train.set_defaults(func=run_train_spm)
 
 
 def _reasons(docs: dict[str, Any]) -> str:
@@ -131,10 +212,11 @@ def run_prepare(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     val_fraction = args.val_fraction
     if val_fraction is None:
-        val_fraction = DEFAULT_VAL_FRACTION[args.source]
+        val_fraction = DEFAULT_VAL_FRACTION.get(args.source, 0.01)
     try:
         if args.source == "demo" and args.inputs:
             raise ValueError("--source demo reads the Python standard library; drop --input")
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
         manifest = prepare_corpus(
             args.source,
             args.inputs,
@@ -148,6 +230,13 @@ def run_prepare(args: argparse.Namespace) -> int:
             tokenizer=args.tokenizer,
             size_limit=args.size_limit,
             overwrite=args.overwrite,
+            workers=args.workers,
+            strict=args.strict,
+            max_doc_bytes=args.max_doc_bytes,
+            id_field=args.id_field,
+            chunk_bytes=int(args.chunk_mb * 1e6) if args.chunk_mb else None,
+            progress=progress,
+            compression=args.compression,
         )
     except (FileExistsError, FileNotFoundError, CorpusError, ValueError) as err:
         raise _fail("prepare", err) from err
@@ -160,6 +249,34 @@ def run_prepare(args: argparse.Namespace) -> int:
     )
     for example in docs["rejected_examples"][:5]:
         print(f"  rejected: {example}")
+    return 0
+
+
+def run_train_spm(args: argparse.Namespace) -> int:
+    """Runs `perceiver data train-spm` with parsed arguments; returns the exit code."""
+    from data_pipeline.sources import SourceOptions
+    from data_pipeline.spm import train_spm
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = train_spm(
+            args.source,
+            args.inputs,
+            args.output,
+            vocab_size=args.vocab_size,
+            model_type=args.model_type,
+            sample_bytes=int(args.sample_mb * 1e6),
+            character_coverage=args.character_coverage,
+            options=SourceOptions(text_field=args.text_field),
+            workers=args.workers,
+        )
+    except (FileNotFoundError, CorpusError, ValueError, RuntimeError) as err:
+        raise _fail("train-spm", err) from err
+    print(
+        f"wrote {summary['model']}: {summary['vocab_size']} pieces, trained on "
+        f"{summary['sample_bytes'] / 1e6:.1f} MB of text in {summary['wall_time_s']:.0f} s; use "
+        f"--tokenizer spm:{summary['model']}"
+    )
     return 0
 
 
@@ -184,7 +301,7 @@ def inspect_shards(
     """
     root = Path(data_dir)
     manifest = read_manifest(root)
-    tokenizer = get_tokenizer(manifest["tokenizer"]["name"])
+    tokenizer = tokenizer_from_manifest(root, manifest)
     splits: dict[str, Any] = {}
     consistent = True
     for split in SPLITS:
@@ -223,6 +340,15 @@ def inspect_shards(
         "created_utc": manifest["created_utc"],
         "tool_version": manifest["tool_version"],
         "samples": decoded,
+        "inputs": {
+            "files": len(manifest.get("inputs", [])),
+            "bytes": sum(max(i["size"], 0) for i in manifest.get("inputs", [])),
+        },
+        "parts": len(manifest.get("parts", [])),
+        "rejected_examples": docs.get("examples_by_reason", {}),
+        "workers": manifest.get("workers"),
+        "wall_time_s": manifest.get("wall_time_s"),
+        "throughput": manifest.get("throughput"),
     }
 
 
@@ -246,6 +372,15 @@ def run_inspect(args: argparse.Namespace) -> int:
         f"  documents: read {docs['read']}, kept {docs['kept']}, rejected {docs['rejected']}"
         f"{_reasons(docs)}"
     )
+    for reason, examples in summary["rejected_examples"].items():
+        print(f"    e.g. {reason}: {examples[0]}")
+    if summary["inputs"]["files"]:
+        throughput = summary["throughput"] or {}
+        print(
+            f"  inputs: {summary['inputs']['files']} files, {summary['inputs']['bytes']:,} bytes, "
+            f"{summary['parts']} parts; built by {summary['workers']} workers in "
+            f"{summary['wall_time_s']:.1f} s ({throughput.get('input_mb_per_s', '?')} MB/s)"
+        )
     tokens = summary["tokens"]
     print(
         f"  {summary['bytes_in']:,} bytes in -> {tokens['written']:,} tokens written "

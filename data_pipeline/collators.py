@@ -11,7 +11,9 @@ only on the micro-step and resuming needs no collator state.
   random; each chosen word as a whole is replaced by MASK (80%), by random byte ids (10%) or
   left unchanged (10%), decided once per word. Labels hold the original ids at the chosen
   positions and -100 elsewhere, so PAD and special ids (the EOS document separators) are
-  never labelled. A word cut by a sample boundary counts as a word.
+  never labelled. A word cut by a sample boundary counts as a word. With a SentencePiece
+  tokenizer, words are runs of pieces that are neither whitespace nor special, and a piece that
+  starts with the word marker `▁` starts a new word; random replacements draw non-special ids.
 - `ARTargets`: next-token targets, `input_ids = tokens[:, :-1]`, `labels = tokens[:, 1:]`.
 
 Both are vectorised over the batch (no Python loop over rows or words) and run on the device of
@@ -28,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from data_pipeline.tokenizers import ByteTokenizer
+from data_pipeline.tokenizers import ByteTokenizer, SentencePieceTokenizer
 
 __all__ = [
     "IGNORE_INDEX",
+    "segment_ids",
     "ARTargets",
     "BatchTransform",
     "MLMMasker",
@@ -66,6 +69,21 @@ def stack_tokens(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     if len(lengths) != 1:
         raise ValueError(f"samples have different shapes: {sorted(lengths)}")
     return {"tokens": torch.from_numpy(np.stack(arrays).astype(np.int64))}
+
+
+def segment_ids(tokens: torch.Tensor, separator_id: int) -> torch.Tensor:
+    """Numbers the documents within each packed sample: `long[B, L]`, 0 for the first.
+
+    A document ends with its separator (the manifest's `separator_id`), which keeps the number
+    of the document it ends; the next document starts after it. Use it to keep attention or
+    losses within documents.
+
+    Example:
+        >>> segment_ids(torch.tensor([[7, 7, 2, 8, 2, 9]]), separator_id=2).tolist()
+        [[0, 0, 0, 1, 1, 2]]
+    """
+    ends = (tokens == separator_id).long()
+    return ends.cumsum(dim=1) - ends
 
 
 def mix_seed(seed: int, key: int) -> int:
@@ -103,7 +121,7 @@ class MLMMasker:
 
     def __init__(
         self,
-        tokenizer: ByteTokenizer,
+        tokenizer: ByteTokenizer | SentencePieceTokenizer,
         mask_prob: float = 0.15,
         seed: int = 0,
         *,
@@ -124,10 +142,16 @@ class MLMMasker:
         self.mask_id = tokenizer.mask_id
         self.pad_id = tokenizer.pad_id
         self.vocab_size = tokenizer.vocab_size
-        self.random_low, self.random_high = tokenizer.byte_id_range
+        ids = tokenizer.random_id_range if hasattr(tokenizer, "random_id_range") else None
+        self.random_low, self.random_high = ids or tokenizer.byte_id_range
         in_word = ~(tokenizer.whitespace_table | tokenizer.special_table)
+        # SentencePiece: a piece starting with the word marker starts a new word even when it
+        # directly follows another piece of a word.
+        word_start = getattr(tokenizer, "word_start_table", np.zeros_like(in_word)) & in_word
         self._in_word_cpu = torch.from_numpy(in_word.copy())
+        self._word_start_cpu = torch.from_numpy(np.asarray(word_start).copy())
         self._in_word: dict[torch.device, torch.Tensor] = {}
+        self._word_start: dict[torch.device, torch.Tensor] = {}
 
     def __repr__(self) -> str:
         return (
@@ -139,6 +163,7 @@ class MLMMasker:
     def _word_table(self, device: torch.device) -> torch.Tensor:
         if device not in self._in_word:
             self._in_word[device] = self._in_word_cpu.to(device)
+            self._word_start[device] = self._word_start_cpu.to(device)
         return self._in_word[device]
 
     def find_words(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,7 +174,7 @@ class MLMMasker:
         tokens = _check_tokens(tokens, 1)
         in_word = self._word_table(tokens.device)[tokens]
         starts = in_word.clone()
-        starts[:, 1:] &= ~in_word[:, :-1]
+        starts[:, 1:] &= ~in_word[:, :-1] | self._word_start[tokens.device][tokens[:, 1:]]
         word_index = torch.where(in_word, starts.cumsum(dim=1) - 1, -1)
         return in_word, word_index
 
@@ -230,7 +255,7 @@ class ARTargets:
 
 def make_batch_transform(
     objective: str,
-    tokenizer: ByteTokenizer | None = None,
+    tokenizer: ByteTokenizer | SentencePieceTokenizer | None = None,
     *,
     seed: int = 0,
     mask_prob: float = 0.15,

@@ -1,59 +1,79 @@
-"""Document readers: raw files -> a stream of `Document` records.
+"""Document records and the generic readers: raw files -> a stream of `Document` records.
 
-Every reader is a generator of records, so sources compose and later readers (Wikipedia XML, C4,
-parallel workers, mixtures) slot in beside these ones:
+Every reader is a generator of records, so sources compose: `sources.py` adds MediaWiki XML
+dumps, WikiExtractor output, C4 and Parquet on top of these ones:
 
 - `iter_text_files`: plain text, one document per file or one per blank-line-separated paragraph.
 - `iter_jsonl`: JSON lines (optionally `.gz`/`.bz2`/`.xz`/`.zst`), one document per line.
 - `iter_stdlib_docstrings`: the demo corpus, the docstrings of the installed Python standard
   library, read with `ast` (nothing is imported), one document per module, in a fixed order.
 
-A broken document (invalid JSON, invalid UTF-8, a missing field, a file that does not parse) is not
-an exception: the reader yields a `Rejected` record naming the file and line, and the shard writer
-counts it by reason. A file that cannot be read at all raises `CorpusError` naming the file.
+A broken document (invalid JSON, invalid UTF-8, a missing field, a line above `max_doc_bytes`, a
+file that does not parse, the rest of a truncated `.gz`) is not an exception: the reader yields a
+`Rejected` record naming the file and line (or byte offset), and the shard writer counts it by
+reason. A file that cannot be read at all raises `CorpusError` naming the file.
 """
 
 from __future__ import annotations
 
 import ast
-import bz2
-import gzip
 import json
-import lzma
 import os
 import sysconfig
 import tokenize
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from data_pipeline.inputs import (
+    COMPRESSED_SUFFIXES,
+    CorpusError,
+    ReadMeter,
+    TruncatedInput,
+    iter_lines,
+    open_input,
+    resolve_inputs,
+)
+
+try:
+    from orjson import loads as _json_loads
+except ImportError:  # pragma: no cover - orjson is a dependency; json is the fallback
+    _json_loads = json.loads
 
 __all__ = [
+    "DEFAULT_MAX_DOC_BYTES",
+    "JSONL_SUFFIXES",
     "SOURCES",
     "CorpusError",
     "Document",
     "Record",
     "Rejected",
+    "compressed_endings",
     "expand_paths",
     "iter_documents",
     "iter_jsonl",
     "iter_stdlib_docstrings",
     "iter_text_files",
     "module_docstrings",
+    "read_jsonl_file",
+    "read_text_file",
     "stdlib_root",
     "take_bytes",
 ]
 
-SOURCES = ("text", "jsonl", "demo")
+SOURCES = ("wikipedia", "wikiextractor", "c4", "jsonl", "text", "parquet", "demo")
 """Source kinds accepted by `iter_documents` (and `perceiver data prepare --source`)."""
+
+DEFAULT_MAX_DOC_BYTES = 64 << 20
+"""Documents above this many UTF-8 bytes are rejected (`too_large`), never held whole."""
 
 # Directory names skipped when walking the standard library for the demo corpus.
 STDLIB_SKIP_DIRS = frozenset(
     {"test", "tests", "idlelib", "site-packages", "dist-packages", "__pycache__", "turtledemo"}
 )
-_JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
-_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
 @dataclass(frozen=True)
@@ -93,21 +113,17 @@ Record = Document | Rejected
 """What readers yield."""
 
 
-class CorpusError(RuntimeError):
-    """A corpus input that cannot be read at all (missing, unreadable, corrupt archive)."""
-
-
 def expand_paths(
     inputs: Iterable[str | os.PathLike[str]], suffixes: Sequence[str] = ()
 ) -> list[Path]:
-    """Expands files and directories into a sorted, de-duplicated list of files.
+    """Expands local files, globs and directories into a sorted, de-duplicated list of files.
 
     Directories are walked recursively in sorted order; hidden entries (starting with `.`) are
     skipped, and so are files whose name does not end with one of `suffixes` (when given). Files
-    named explicitly are always kept.
+    named explicitly are always kept. (`inputs.resolve_inputs` also takes URLs.)
 
     Args:
-        inputs: Files and/or directories.
+        inputs: Files, globs and/or directories.
         suffixes: File name endings to keep inside directories, e.g. `(".jsonl", ".jsonl.gz")`.
 
     Returns:
@@ -116,54 +132,15 @@ def expand_paths(
     Raises:
         CorpusError: If an input does not exist.
     """
-    out: list[Path] = []
-    seen: set[Path] = set()
-    for raw in inputs:
-        path = Path(raw)
-        if path.is_dir():
-            found = []
-            for dirpath, dirnames, filenames in os.walk(path):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in sorted(filenames):
-                    if name.startswith(".") or (suffixes and not name.endswith(tuple(suffixes))):
-                        continue
-                    found.append(Path(dirpath) / name)
-        elif path.exists():
-            found = [path]
-        else:
-            raise CorpusError(f"input not found: {path}")
-        for file in found:
-            if file not in seen:
-                seen.add(file)
-                out.append(file)
-    return out
+    return [Path(f.name) for f in resolve_inputs(inputs, suffixes)]
 
 
-def _open_binary(path: Path) -> IO[bytes]:
-    """Opens a possibly compressed file for binary reading, by suffix."""
-    suffix = path.suffix
-    if suffix == ".gz":
-        return gzip.open(path, "rb")
-    if suffix == ".bz2":
-        return bz2.open(path, "rb")
-    if suffix == ".xz":
-        return lzma.open(path, "rb")
-    if suffix == ".zst":
-        import zstandard
-
-        return zstandard.open(path, "rb")
-    return open(path, "rb")
+def compressed_endings(suffixes: Sequence[str]) -> tuple[str, ...]:
+    """`suffixes` with and without every compression suffix (`.txt`, `.txt.gz`, ...)."""
+    return tuple(s + c for s in suffixes for c in ("", *COMPRESSED_SUFFIXES))
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        with _open_binary(path) as f:
-            return f.read()
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as err:
-        raise CorpusError(f"cannot read {path}: {err}") from err
-
-
-def _decode(data: bytes, path: Path, where: str) -> str | Rejected:
+def _decode(data: bytes, path: Path | str, where: str) -> str | Rejected:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -173,49 +150,122 @@ def _decode(data: bytes, path: Path, where: str) -> str | Rejected:
     return text.removeprefix("\ufeff")
 
 
+def truncated(path: Path | str, err: TruncatedInput, what: str = "") -> Rejected:
+    """The record a reader yields when decompression stops early (`TruncatedInput`)."""
+    where = f"{path}@{err.offset}"
+    detail = f"{where}: input truncated or corrupt after {err.offset} uncompressed bytes"
+    return Rejected(str(path), where, "truncated", f"{detail}{what} ({err.cause})")
+
+
+def too_large(path: Path | str, where: str, limit: int) -> Rejected:
+    """The record for a document above `max_doc_bytes` (skipped without being kept in memory)."""
+    detail = f"{where}: document larger than max_doc_bytes={limit}"
+    return Rejected(str(path), where, "too_large", detail)
+
+
+def read_text_file(
+    path: str | os.PathLike[str],
+    *,
+    split_paragraphs: bool = False,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    meter_out: list[ReadMeter] | None = None,
+) -> Iterator[Record]:
+    """Reads one UTF-8 text file (optionally compressed); see `iter_text_files`.
+
+    Args:
+        path: The file.
+        split_paragraphs: One document per blank-line-separated paragraph.
+        max_doc_bytes: Larger documents are rejected (`too_large`).
+        meter_out: If given, the file's `ReadMeter` is appended (progress and checksum).
+
+    Yields:
+        `Document` and `Rejected` records.
+
+    Raises:
+        CorpusError: If the file cannot be read at all.
+    """
+    path = Path(path)
+    stream, meter = open_input(path)
+    if meter_out is not None:
+        meter_out.append(meter)
+    with stream:
+        if not split_paragraphs:
+            try:
+                data = stream.read(max_doc_bytes + 1)
+            except TruncatedInput as err:
+                yield truncated(path, err, "; the file (one document) is skipped")
+                return
+            if len(data) > max_doc_bytes:
+                yield too_large(path, str(path), max_doc_bytes)
+                return
+            decoded = _decode(data, path, str(path))
+            yield (
+                decoded
+                if isinstance(decoded, Rejected)
+                else Document(decoded, str(path), str(path))
+            )
+            return
+        yield from _paragraphs(stream, path, max_doc_bytes)
+
+
+def _paragraphs(stream: IO[bytes], path: Path, max_doc_bytes: int) -> Iterator[Record]:
+    paragraph: list[bytes] = []
+    size = start = 0
+    try:
+        for line_no, _, line in iter_lines(stream, max_doc_bytes):
+            if line is not None and line.strip():
+                if not paragraph:
+                    start = line_no
+                paragraph.append(line)
+                size += len(line) + 1
+                if size <= max_doc_bytes:
+                    continue
+            if paragraph:
+                where = f"{path}:{start}"
+                if size > max_doc_bytes or line is None:
+                    yield too_large(path, where, max_doc_bytes)
+                else:
+                    text = _decode(b"\n".join(paragraph), path, where)
+                    yield text if isinstance(text, Rejected) else Document(text, str(path), where)
+                paragraph, size = [], 0
+            elif line is None:
+                yield too_large(path, f"{path}:{line_no}", max_doc_bytes)
+    except TruncatedInput as err:
+        yield truncated(path, err, "; the paragraph being read is dropped")
+        return
+    if paragraph:
+        where = f"{path}:{start}"
+        text = _decode(b"\n".join(paragraph), path, where)
+        yield text if isinstance(text, Rejected) else Document(text, str(path), where)
+
+
 def iter_text_files(
     paths: Iterable[str | os.PathLike[str]],
     *,
     split_paragraphs: bool = False,
     suffixes: Sequence[str] = (".txt",),
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> Iterator[Record]:
     """Reads UTF-8 text files (optionally compressed) as documents.
 
     Args:
-        paths: Files and/or directories (walked for files ending with one of `suffixes`, also
-            with a compression suffix such as `.txt.gz`).
+        paths: Files, globs and/or directories (walked for files ending with one of `suffixes`,
+            also with a compression suffix such as `.txt.gz`).
         split_paragraphs: If True, every run of lines separated by blank (whitespace-only) lines
             is a document with id `path:first_line`; otherwise the whole file is one document.
         suffixes: File endings to pick up inside directories.
+        max_doc_bytes: Larger documents are rejected (`too_large`), never held in memory.
 
     Yields:
-        `Document`s, and `Rejected` records for files that are not valid UTF-8.
+        `Document`s, and `Rejected` records (`invalid_utf8`, `too_large`, `truncated`).
 
     Raises:
-        CorpusError: If a file cannot be read.
+        CorpusError: If a file cannot be read at all.
     """
-    endings = tuple(s + c for s in suffixes for c in ("", *_COMPRESSED_SUFFIXES))
-    for path in expand_paths(paths, endings):
-        decoded = _decode(_read_bytes(path), path, str(path))
-        if isinstance(decoded, Rejected):
-            yield decoded
-            continue
-        if not split_paragraphs:
-            yield Document(decoded, str(path), str(path))
-            continue
-        paragraph: list[str] = []
-        start = 0
-        for line_no, line in enumerate(decoded.split("\n"), start=1):
-            line = line.removesuffix("\r")
-            if line.strip():
-                if not paragraph:
-                    start = line_no
-                paragraph.append(line)
-            elif paragraph:
-                yield Document("\n".join(paragraph), str(path), f"{path}:{start}")
-                paragraph = []
-        if paragraph:
-            yield Document("\n".join(paragraph), str(path), f"{path}:{start}")
+    for path in expand_paths(paths, compressed_endings(suffixes)):
+        yield from read_text_file(
+            path, split_paragraphs=split_paragraphs, max_doc_bytes=max_doc_bytes
+        )
 
 
 def iter_jsonl(
@@ -223,63 +273,120 @@ def iter_jsonl(
     *,
     text_field: str = "text",
     id_field: str | None = None,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> Iterator[Record]:
     """Reads JSON-lines files (optionally compressed), one document per non-blank line.
 
     Args:
-        paths: Files and/or directories (walked for `.jsonl`/`.json`/`.ndjson`, possibly
+        paths: Files, globs and/or directories (walked for `.jsonl`/`.json`/`.ndjson`, possibly
             compressed, e.g. C4's `.json.gz`).
         text_field: Key of the document text in each object.
         id_field: Optional key of a document id; the default id is `path:line`.
+        max_doc_bytes: Longer lines and texts are rejected (`too_large`).
 
     Yields:
         `Document`s, and `Rejected` records (`invalid_utf8`, `invalid_json`, `not_an_object`,
-        `missing_field`, `field_not_string`) whose detail names the file and line.
+        `missing_field`, `field_not_string`, `too_large`, `truncated`) naming the file and line.
 
     Raises:
-        CorpusError: If a file cannot be read or its compression is corrupt.
+        CorpusError: If a file cannot be read at all.
     """
-    endings = tuple(s + c for s in _JSONL_SUFFIXES for c in ("", *_COMPRESSED_SUFFIXES))
-    for path in expand_paths(paths, endings):
-        try:
-            with _open_binary(path) as f:
-                yield from _jsonl_records(f, path, text_field, id_field)
-        except (OSError, EOFError, lzma.LZMAError) as err:
-            raise CorpusError(f"cannot read {path}: {err}") from err
+    for path in expand_paths(paths, compressed_endings(JSONL_SUFFIXES)):
+        yield from read_jsonl_file(
+            path, text_field=text_field, id_field=id_field, max_doc_bytes=max_doc_bytes
+        )
 
 
-def _jsonl_records(
-    f: IO[bytes], path: Path, text_field: str, id_field: str | None
+def read_jsonl_file(
+    path: str | os.PathLike[str],
+    *,
+    text_field: str = "text",
+    id_field: str | None = None,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    transform: Callable[[dict[str, Any], str], str] | None = None,
+    meter_out: list[ReadMeter] | None = None,
 ) -> Iterator[Record]:
-    for line_no, raw in enumerate(f, start=1):
-        where = f"{path}:{line_no}"
-        line = _decode(raw, path, where)
-        if isinstance(line, Rejected):
-            yield line
-            continue
-        if not line.strip():
-            continue
+    """Reads one JSON-lines file; see `iter_jsonl`.
+
+    Args:
+        path: The file.
+        text_field: Key of the text.
+        id_field: Key of an id (default id: `path:line`).
+        max_doc_bytes: Longer lines and texts are rejected (`too_large`).
+        transform: Optional `f(obj, text) -> text` applied to each document (e.g. to prepend a
+            title).
+        meter_out: If given, the file's `ReadMeter` is appended.
+
+    Yields:
+        `Document` and `Rejected` records.
+
+    Raises:
+        CorpusError: If the file cannot be read at all.
+    """
+    path = Path(path)
+    stream, meter = open_input(path)
+    if meter_out is not None:
+        meter_out.append(meter)
+    # JSON escapes can take up to 6 bytes per character, so lines get more room than texts.
+    max_line = 6 * max_doc_bytes + 4096
+    with stream:
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            detail = f"{where}: invalid JSON: {err.msg} (column {err.colno})"
-            yield Rejected(str(path), where, "invalid_json", detail)
-            continue
-        if not isinstance(obj, dict):
-            detail = f"{where}: expected a JSON object, got {type(obj).__name__}"
-            yield Rejected(str(path), where, "not_an_object", detail)
-            continue
-        if text_field not in obj:
-            detail = f"{where}: no field {text_field!r} (fields: {sorted(obj)[:10]})"
-            yield Rejected(str(path), where, "missing_field", detail)
-            continue
-        text = obj[text_field]
-        if not isinstance(text, str):
-            detail = f"{where}: field {text_field!r} is {type(text).__name__}, not a string"
-            yield Rejected(str(path), where, "field_not_string", detail)
-            continue
-        doc_id = str(obj[id_field]) if id_field is not None and id_field in obj else where
-        yield Document(text, str(path), doc_id)
+            for line_no, _, raw in iter_lines(stream, max_line):
+                where = f"{path}:{line_no}"
+                if raw is None:
+                    yield too_large(path, where, max_doc_bytes)
+                    continue
+                record = _json_record(raw, path, where, text_field, id_field, transform)
+                if record is None:
+                    continue
+                if isinstance(record, Document) and len(record.text) > max_doc_bytes:
+                    if len(record.text.encode("utf-8")) > max_doc_bytes:
+                        record = too_large(path, where, max_doc_bytes)
+                yield record
+        except TruncatedInput as err:
+            yield truncated(path, err, "; the line being read is dropped")
+
+
+def _json_record(
+    raw: bytes,
+    path: Path,
+    where: str,
+    text_field: str,
+    id_field: str | None,
+    transform: Callable[[dict[str, Any], str], str] | None,
+) -> Record | None:
+    try:
+        obj = _json_loads(raw)
+    except UnicodeDecodeError as err:
+        return Rejected(
+            str(path), where, "invalid_utf8", f"{where}: invalid UTF-8 at byte {err.start}"
+        )
+    except ValueError as err:
+        if not raw.strip():
+            return None
+        try:  # tell invalid UTF-8 from invalid JSON (orjson reports both as JSON errors)
+            raw.decode("utf-8")
+        except UnicodeDecodeError as uerr:
+            detail = f"{where}: invalid UTF-8 at byte {uerr.start}"
+            return Rejected(str(path), where, "invalid_utf8", detail)
+        msg = getattr(err, "msg", str(err))
+        col = getattr(err, "colno", None)
+        detail = f"{where}: invalid JSON: {msg}" + (f" (column {col})" if col else "")
+        return Rejected(str(path), where, "invalid_json", detail)
+    if not isinstance(obj, dict):
+        detail = f"{where}: expected a JSON object, got {type(obj).__name__}"
+        return Rejected(str(path), where, "not_an_object", detail)
+    if text_field not in obj:
+        detail = f"{where}: no field {text_field!r} (fields: {sorted(obj)[:10]})"
+        return Rejected(str(path), where, "missing_field", detail)
+    text = obj[text_field]
+    if not isinstance(text, str):
+        detail = f"{where}: field {text_field!r} is {type(text).__name__}, not a string"
+        return Rejected(str(path), where, "field_not_string", detail)
+    if transform is not None:
+        text = transform(obj, text)
+    doc_id = str(obj[id_field]) if id_field is not None and id_field in obj else where
+    return Document(text.removeprefix("\ufeff"), str(path), doc_id)
 
 
 def stdlib_root() -> Path:
@@ -429,15 +536,21 @@ def iter_documents(
     max_bytes: int | None = None,
     text_field: str = "text",
     split_paragraphs: bool = False,
+    id_field: str | None = None,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> Iterator[Record]:
-    """Reads a corpus by source kind; the one entry point the CLI and `prepare_corpus` use.
+    """Reads a whole corpus by source kind, in one process, inputs in order.
+
+    (`convert.convert` reads the same inputs in parallel, one file or dump chunk per task.)
 
     Args:
-        source: One of `SOURCES`: `"text"`, `"jsonl"` or `"demo"` (the stdlib docstrings).
-        inputs: Files or directories (ignored, and must be empty, for `"demo"`).
+        source: One of `SOURCES` (see `sources.py`; `"demo"` is the stdlib docstrings).
+        inputs: Local files, globs or directories (none for `"demo"`).
         max_bytes: Cap on the documents' total UTF-8 bytes (see `take_bytes`).
-        text_field: JSON field holding the text (`"jsonl"`).
-        split_paragraphs: One document per blank-line-separated paragraph (`"text"`).
+        text_field: JSON field or Parquet column holding the text (`jsonl`, `parquet`).
+        split_paragraphs: One document per blank-line-separated paragraph (`text`).
+        id_field: JSON field of a document id (`jsonl`).
+        max_doc_bytes: Larger documents are rejected (`too_large`).
 
     Returns:
         An iterator of `Document` and `Rejected` records.
@@ -454,8 +567,19 @@ def iter_documents(
         return iter_stdlib_docstrings(max_bytes=max_bytes)
     if not inputs:
         raise ValueError(f"source {source!r} needs at least one input file or directory")
-    if source == "text":
-        records = iter_text_files(inputs, split_paragraphs=split_paragraphs)
-    else:
-        records = iter_jsonl(inputs, text_field=text_field)
-    return take_bytes(records, max_bytes)
+    from data_pipeline.sources import SourceOptions, input_suffixes, read_input
+
+    options = SourceOptions(
+        text_field=text_field,
+        id_field=id_field,
+        split_paragraphs=split_paragraphs,
+        max_doc_bytes=max_doc_bytes,
+    )
+
+    def records() -> Iterator[Record]:
+        for item in resolve_inputs(inputs, input_suffixes(source)):
+            if item.remote:
+                raise CorpusError(f"{item.name}: remote inputs are read by `convert` only")
+            yield from read_input(source, item.name, options)
+
+    return take_bytes(records(), max_bytes)

@@ -29,13 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from streaming import MDSWriter
-from streaming.base.compression import decompress
-from streaming.base.format import reader_from_json
 
-from data_pipeline.corpus import Record, iter_documents
-from data_pipeline.packing import SPLITS, PackStats, pack_documents, sample_len_for
-from data_pipeline.tokenizers import Tokenizer, get_tokenizer
+from data_pipeline.corpus import DEFAULT_MAX_DOC_BYTES, Record
+from data_pipeline.mds import TokenShardWriter
+from data_pipeline.packing import SPLITS, DocumentPacker, PackStats, sample_len_for
+from data_pipeline.tokenizers import Tokenizer, shard_dtype
 
 __all__ = [
     "COLUMNS",
@@ -156,6 +154,9 @@ def iter_samples(
     Yields:
         `uint16` arrays of `sample_len` ids.
     """
+    from streaming.base.compression import decompress
+    from streaming.base.format import reader_from_json
+
     root = Path(data_dir)
     index = json.loads((root / split / "index.json").read_text(encoding="utf-8"))
     count = 0
@@ -279,18 +280,17 @@ def write_shards(
     stats = PackStats()
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp's 0700
-    writers: dict[str, MDSWriter] = {}
+    writers: dict[str, TokenShardWriter] = {}
+    dtype = shard_dtype(tokenizer)
     try:
         for split in SPLITS:
-            writers[split] = MDSWriter(
-                out=str(tmp / split),
-                columns=COLUMNS,
-                compression=COMPRESSION,
-                size_limit=size_limit,
+            writers[split] = TokenShardWriter(
+                tmp / split, sample_len, dtype, compression=COMPRESSION, size_limit=size_limit
             )
         last_report = time.monotonic()
-        for split, sample in pack_documents(documents, tokenizer, sample_len, val_fraction, stats):
-            writers[split].write({"tokens": sample})
+        packer = DocumentPacker(tokenizer, sample_len, val_fraction, dtype, stats)
+        for split, block in packer.pack(documents):
+            writers[split].write(block)
             if time.monotonic() - last_report > PROGRESS_EVERY_S:
                 last_report = time.monotonic()
                 logger.info(
@@ -301,7 +301,6 @@ def write_shards(
                     stats.samples["train"],
                     stats.samples["val"],
                 )
-        # MDSWriter.finish() writes a valid index even after an error, so only call it here.
         for split in SPLITS:
             writers.pop(split).finish()
         if stats.samples["train"] == 0:
@@ -327,8 +326,6 @@ def write_shards(
         _check_target(out, overwrite)  # again: someone may have finished the same dir meanwhile
         _publish(tmp, out)
     except BaseException:
-        for writer in writers.values():
-            writer.cancel_future_jobs()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info(
@@ -372,7 +369,7 @@ def _manifest(
         "tokenizer": tokenizer_info,
         "sample_len": sample_len,
         "separator_id": tokenizer.eos_id,
-        "columns": dict(COLUMNS),
+        "columns": {"tokens": f"ndarray:{shard_dtype(tokenizer).name}"},
         "compression": COMPRESSION,
         "size_limit": size_limit,
         "val_fraction": val_fraction,
@@ -396,50 +393,69 @@ def prepare_corpus(
     tokenizer: str = "byte",
     size_limit: int | str = DEFAULT_SIZE_LIMIT,
     overwrite: bool = False,
+    workers: int = 1,
+    strict: bool = False,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    id_field: str | None = None,
+    chunk_bytes: int | None = None,
+    progress: bool = False,
+    compression: str | None = None,
 ) -> dict[str, Any]:
     """Reads a corpus and writes tokenized shards; what `perceiver data prepare` runs.
 
+    A thin wrapper of `prepare.prepare` (parallel, resumable; see `convert.py`).
+
     Args:
-        source: `"text"`, `"jsonl"` or `"demo"` (see `corpus.iter_documents`).
-        inputs: Files or directories (none for `"demo"`).
+        source: One of `sources.SOURCES` (`wikipedia`, `wikiextractor`, `c4`, `jsonl`, `text`,
+            `parquet`, `demo`).
+        inputs: Files, globs, directories or URLs (none for `"demo"`).
         out_dir: Destination shard directory.
         seq_len: Model input length; samples hold `seq_len` (MLM) or `seq_len + 1` (AR) tokens.
         objective: `"mlm"` or `"ar"`.
         val_fraction: Fraction of documents sent to validation.
-        max_bytes: Cap on the documents' total UTF-8 bytes.
-        text_field: JSON field of the text (`"jsonl"`).
+        max_bytes: Cap on the text bytes taken from each input.
+        text_field: JSON field or Parquet column of the text.
         split_paragraphs: One document per paragraph (`"text"`).
-        tokenizer: Tokenizer registry name (see `tokenizers.available_tokenizers()`).
+        tokenizer: `byte` or `spm:PATH`.
         size_limit: Shard size limit.
         overwrite: Replace an existing complete `out_dir`.
+        workers: Worker processes (the output does not depend on it).
+        strict: Fail at the first rejected record.
+        max_doc_bytes: Larger documents are rejected.
+        id_field: JSON field of a document id (`"jsonl"`).
+        chunk_bytes: XML bytes per parallel chunk of a Wikipedia dump.
+        progress: Show a progress bar.
+        compression: Shard compression (default `prepare.DEFAULT_COMPRESSION`, zstd level 1).
 
     Returns:
         The manifest.
     """
-    sample_len = sample_len_for(objective, seq_len)
-    records = iter_documents(
+    from data_pipeline.prepare import prepare
+    from data_pipeline.sources import SourceOptions
+
+    options = SourceOptions(
+        text_field=text_field,
+        id_field=id_field,
+        split_paragraphs=split_paragraphs,
+        max_doc_bytes=max_doc_bytes,
+        **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
+    )
+    return prepare(
         source,
         inputs,
-        max_bytes=max_bytes,
-        text_field=text_field,
-        split_paragraphs=split_paragraphs,
-    )
-    meta = {
-        "objective": objective,
-        "seq_len": seq_len,
-        "source": source,
-        "inputs": [str(p) for p in inputs],
-        "max_bytes": max_bytes,
-    }
-    return write_shards(
-        records,
         out_dir,
-        get_tokenizer(tokenizer),
-        sample_len,
-        val_fraction,
+        seq_len=seq_len,
+        objective=objective,
+        tokenizer=tokenizer,
+        val_fraction=val_fraction,
+        options=options,
+        max_bytes=max_bytes,
         size_limit=size_limit,
+        workers=workers,
+        strict=strict,
         overwrite=overwrite,
-        metadata=meta,
+        progress=progress,
+        **({"compression": compression} if compression else {}),
     )
 
 

@@ -52,6 +52,7 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ from data_pipeline.collators import stack_tokens
 from data_pipeline.packing import SPLITS
 from data_pipeline.shards import read_manifest
 
-__all__ = ["build_dataloader", "build_dataset", "ensure_distributed_env"]
+__all__ = ["build_dataloader", "build_dataset", "collate_for", "ensure_distributed_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,15 @@ def build_dataset(
     )
 
 
+def collate_for(manifest: dict[str, Any]) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+    """The `collate_fn` for the samples of a shard directory, by its manifest's `kind`."""
+    if manifest.get("kind") == "video":
+        from data_pipeline.video_shards import stack_video
+
+        return stack_video
+    return stack_tokens
+
+
 def build_dataloader(
     data_dir: str | os.PathLike[str],
     split: str,
@@ -213,6 +223,7 @@ def build_dataloader(
     pin_memory: bool = False,
     persistent_workers: bool = False,
     prefetch_factor: int | None = None,
+    collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> StreamingDataLoader:
     """Builds the resumable loader of one split, yielding `{"tokens": long[batch_size, L]}`.
 
@@ -235,6 +246,8 @@ def build_dataloader(
         pin_memory: Pin batches for faster host-to-GPU copies.
         persistent_workers: Keep workers alive between epochs (needs `num_workers > 0`).
         prefetch_factor: Batches prefetched per worker (needs `num_workers > 0`).
+        collate_fn: Turns a list of samples into a batch; default: the one the manifest's
+            `kind` calls for (`collate_for`): `stack_tokens`, or `stack_video` for video shards.
 
     Returns:
         A `StreamingDataLoader` with `state_dict()` / `load_state_dict()`.
@@ -270,7 +283,7 @@ def build_dataloader(
     return StreamingDataLoader(
         dataset,
         batch_size=batch_size,
-        collate_fn=stack_tokens,
+        collate_fn=collate_fn or collate_for(read_manifest(data_dir)),
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin_memory,

@@ -65,10 +65,11 @@ def test_missing_and_corrupt_inputs_raise_naming_the_file(tmp_path):
     corrupt.write_bytes(b"this is not gzip")
     with pytest.raises(CorpusError, match="corrupt.jsonl.gz"):
         list(iter_jsonl([corrupt]))
+    # A cut archive is bad input, not an unreadable file: reported as a record, not raised.
     truncated = tmp_path / "truncated.txt.gz"
     truncated.write_bytes(gzip.compress(b"x" * 10_000)[:40])
-    with pytest.raises(CorpusError, match="truncated.txt.gz"):
-        list(iter_text_files([truncated]))
+    [record] = list(iter_text_files([truncated]))
+    assert record.reason == "truncated" and record.detail.startswith(f"{truncated}@")
 
 
 def test_jsonl_good_and_broken_lines(tmp_path):

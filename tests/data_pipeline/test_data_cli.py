@@ -189,3 +189,32 @@ def test_prepare_real_c4_sample(tmp_path, shared_data):
     assert manifest["documents"]["kept"] == 30 and manifest["documents"]["rejected"] == 0
     assert manifest["splits"]["train"]["samples"] > 100
     assert inspect_shards(out)["consistent_with_manifest"]
+
+
+def test_prepare_wikipedia_with_workers_then_inspect(tmp_path, capsys):
+    from tests.data_pipeline.corpora import write_dump
+
+    dump = write_dump(tmp_path / "enwiki-20240101-pages-articles.xml.bz2")
+    out = tmp_path / "wiki"
+    argv = ["data", "prepare", "--source", "wikipedia", "--input", str(dump), "--output",
+            str(out), "--seq-len", "32", "--workers", "2", "--chunk-mb", "0.0005",
+            "--val-fraction", "0.3", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "redirect: 1" in printed and "non_article: 2" in printed
+    manifest = read_manifest(out)
+    assert manifest["workers"] == 2 and len(manifest["parts"]) > 1
+    assert manifest["metadata"]["source"] == "wikipedia"
+    assert main(["data", "inspect", str(out), "--samples", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "inputs: 1 files" in text and "e.g. redirect:" in text and "'Glimmer River'" in text
+
+
+def test_prepare_strict_reports_file_and_line(tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"text": "fine " * 20}) + "\n{oops\n")
+    argv = ["data", "prepare", "--source", "jsonl", "--input", str(data), "--output",
+            str(tmp_path / "out"), "--seq-len", "8", "--strict"]  # fmt: skip
+    with pytest.raises(SystemExit, match=rf"{data}:2: invalid JSON.*--strict"):
+        main(argv)
+    assert not (tmp_path / "out").exists()

@@ -30,12 +30,13 @@ def test_round_trip_and_manifest(numbered):
     root, expected, length = numbered.root, numbered.expected, numbered.sample_len
     for split in ("train", "val"):
         samples = read_split(root, split)
-        assert all(s.dtype == np.uint16 and s.shape == (length,) for s in samples)
+        # Byte ids of UTF-8 text are at most 0xF4 + 6 = 250: stored as uint8 (smallest that fits).
+        assert all(s.dtype == np.uint8 and s.shape == (length,) for s in samples)
         assert all(s[-1] == ByteTokenizer.eos_id for s in samples)
         assert [numbered.number(s) for s in samples] == expected[split]
     index = json.loads((root / "train" / "index.json").read_text())
     assert index["shards"][0]["compression"] == "zstd"
-    assert index["shards"][0]["column_encodings"] == ["ndarray:uint16"]
+    assert index["shards"][0]["column_encodings"] == ["ndarray:uint8"]
     assert len(index["shards"]) > 1  # size_limit=512 forces several shards
 
     manifest = read_manifest(root)
@@ -48,7 +49,7 @@ def test_round_trip_and_manifest(numbered):
     assert manifest["tokens"]["written"] == length * sum(map(len, expected.values()))
     assert manifest["tokens"]["dropped"] == 0
     assert manifest["bytes_in"] == (length - 1) * manifest["documents"]["kept"]
-    assert manifest["columns"] == {"tokens": "ndarray:uint16"}
+    assert manifest["columns"] == {"tokens": "ndarray:uint8"}
     assert manifest["wall_time_s"] >= 0 and manifest["tool_version"]
     assert is_complete(root) and not leftovers(root)
     assert len(list(iter_samples(root, "train", limit=5))) == 5
