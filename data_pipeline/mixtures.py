@@ -33,6 +33,7 @@ from data_pipeline.streaming import (
     _split_info,
     build_dataloader,
     ensure_distributed_env,
+    ignore_stop_signals,
 )
 
 __all__ = [
@@ -212,7 +213,9 @@ def build_mixture_dataloader(
             f"mixture {[s.name for s in sources]}: {dataset.epoch_size} samples per epoch are "
             f"less than one batch of {batch_size} on each of {world} ranks"
         )
-    extra: dict[str, Any] = {"persistent_workers": False} if num_workers else {}
+    extra: dict[str, Any] = (
+        {"persistent_workers": False, "worker_init_fn": ignore_stop_signals} if num_workers else {}
+    )
     return StreamingDataLoader(
         dataset,
         batch_size=batch_size,

@@ -52,6 +52,7 @@ import hashlib
 import logging
 import math
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,16 @@ logger = logging.getLogger(__name__)
 
 _DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
 _shm_checked = False
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore the stop signals the trainer handles.
+
+    Slurm signals every process of a job step (SIGUSR1/SIGUSR2 warnings, SIGTERM); a worker
+    killed by one would take the training process down before it can save its checkpoint.
+    """
+    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(s, signal.SIG_IGN)
 
 
 def ensure_distributed_env(*, clean_shared_memory: bool = True) -> dict[str, int]:
@@ -280,6 +291,8 @@ def build_dataloader(
         extra["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
             extra["prefetch_factor"] = prefetch_factor
+    if num_workers:
+        extra["worker_init_fn"] = ignore_stop_signals
     return StreamingDataLoader(
         dataset,
         batch_size=batch_size,

@@ -166,3 +166,18 @@ def test_two_ranks_disjoint_and_resumable(numbered, tmp_path):
         assert result["state"]["sample_in_epoch"] == 3 * 4 * 2
         seen += [numbered.number(row) for batch in result["head"] + result["rest"] for row in batch]
     assert sorted(seen) == sorted(numbered.expected["train"])  # disjoint and complete
+
+
+def test_loader_workers_ignore_stop_signals(tmp_path):
+    """Slurm signals every process of a step; DataLoader workers must leave them to the trainer."""
+    import signal
+
+    from data_pipeline.streaming import ignore_stop_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    try:
+        ignore_stop_signals(0)
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in before)
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
