@@ -36,6 +36,7 @@ from data_pipeline.shards import (
     read_manifest,
 )
 from data_pipeline.tokenizers import available_tokenizers, tokenizer_from_manifest
+from data_pipeline.video_cli import add_prepare_video_subcommand
 
 __all__ = [
     "add_data_subcommands",
@@ -176,6 +177,7 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
     inspect.set_defaults(func=run_inspect)
 
     add_train_spm_subcommand(subparsers)
+    add_prepare_video_subcommand(subparsers)
 
 
 def add_train_spm_subcommand(subparsers: argparse._SubParsersAction) -> None:

@@ -91,17 +91,17 @@ class Objective:
     def check_data(cls, cfg: Any) -> None:
         """Refuse shards that do not fit the model, before any process starts (ConfigError)."""
         from data_pipeline.shards import check_manifest
-
         from pretrain.config import ConfigError
 
         model_cfg = cfg.model_config()
         try:
-            check_manifest(
-                cfg.data.dir,
-                seq_len=model_cfg.max_seq_len,
-                objective=cls.name,
-                vocab_size=model_cfg.vocab_size,
-            )
+            for _, data_dir, _ in cfg.data.dataset_dirs():
+                check_manifest(
+                    data_dir,
+                    seq_len=model_cfg.max_seq_len,
+                    objective=cls.name,
+                    vocab_size=model_cfg.vocab_size,
+                )
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"data.dir: {e}") from None
 
@@ -113,11 +113,13 @@ class MLMObjective(Objective):
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         from data_pipeline.collators import MLMMasker
-        from data_pipeline.tokenizers import ByteTokenizer
+        from data_pipeline.shards import read_manifest
+        from data_pipeline.tokenizers import tokenizer_from_manifest
 
-        self.masker = MLMMasker(
-            ByteTokenizer(), mask_prob=cfg.data.mask_prob, seed=cfg.trainer.seed
-        )
+        # every dataset of a mixture was checked to share one tokenizer (check_datasets)
+        data_dir = cfg.data.dataset_dirs()[0][1]
+        tokenizer = tokenizer_from_manifest(data_dir, read_manifest(data_dir))
+        self.masker = MLMMasker(tokenizer, mask_prob=cfg.data.mask_prob, seed=cfg.trainer.seed)
 
     def transform(self, raw, key):
         return self.masker(raw["tokens"], key)
@@ -133,6 +135,12 @@ class MLMObjective(Objective):
         loss = sums["loss_sum"] / sums["count"].clamp(min=1)
         sums["loss_sum"] = sums["loss_sum"].detach()
         return loss, sums
+
+    def summarize(self, sums, prefix):
+        out = super().summarize(sums, prefix)
+        # Cross-entropy of the masked bytes in bits (the tokenizer is bytes).
+        out[f"{prefix}/bits_per_byte"] = out[f"{prefix}/loss"] / math.log(2)
+        return out
 
 
 class ARObjective(Objective):
@@ -173,6 +181,8 @@ def register_objective(cls: type[Objective]) -> type[Objective]:
 for _cls in (MLMObjective, ARObjective):
     register_objective(_cls)
 
+# Objectives in their own modules register themselves on import.
+from pretrain import objectives_multimodal  # noqa: E402, F401
 
 
 def objective_for_model(model_type: str) -> str:

@@ -1,4 +1,4 @@
-"""Models: Perceiver IO (masked LM) and Perceiver AR (causal LM).
+"""Models: Perceiver IO (masked LM, multimodal autoencoder) and Perceiver AR (causal LM).
 
     from pretrain.models import build_model
     model = build_model("perceiver_ar", {"num_latents": 64, ...})  # or a config dataclass
@@ -15,14 +15,19 @@ from typing import Any
 
 from torch import nn
 
+from pretrain.models.classifier import PerceiverClassifier, PerceiverClassifierConfig
+from pretrain.models.multimodal import PerceiverMultimodal, PerceiverMultimodalConfig
 from pretrain.models.perceiver_ar import PerceiverAR, PerceiverARConfig
 from pretrain.models.perceiver_io import PerceiverIOConfig, PerceiverMLM
 
 MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "perceiver_io_mlm": (PerceiverIOConfig, PerceiverMLM),
     "perceiver_ar": (PerceiverARConfig, PerceiverAR),
+    "perceiver_io_multimodal": (PerceiverMultimodalConfig, PerceiverMultimodal),
+    "perceiver_io_classifier": (PerceiverClassifierConfig, PerceiverClassifier),
 }
 
+ModelConfig = PerceiverIOConfig | PerceiverARConfig | PerceiverMultimodalConfig
 
 
 def build_config(model_type: str, cfg: Mapping[str, Any] | ModelConfig) -> ModelConfig:
@@ -67,8 +72,12 @@ __all__ = [
     "MODEL_TYPES",
     "PerceiverAR",
     "PerceiverARConfig",
+    "PerceiverClassifier",
+    "PerceiverClassifierConfig",
     "PerceiverIOConfig",
     "PerceiverMLM",
+    "PerceiverMultimodal",
+    "PerceiverMultimodalConfig",
     "build_config",
     "build_model",
 ]

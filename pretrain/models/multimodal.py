@@ -1,0 +1,580 @@
+"""Perceiver IO multimodal autoencoder (Jaegle et al., 2021, Sec. 4.3: Kinetics-700 video + audio
++ label), the same computation as HF `transformers.PerceiverForMultimodalAutoencoding`.
+
+    frames [b, T, H, W, 3] -> 1x4x4 space-time patches ++ Fourier(t, y, x)    [b, T*H/4*W/4, c_v]
+    audio  [b, N]          -> patches of 16 samples    ++ Fourier(n)          [b, N/16, c_a]
+    label  [b]             -> one-hot, or the learned mask token if masked    [b, 1, c_l]
+    each padded with a learned per-modality vector to C = max(c_*) + input_padding,
+    concatenated (audio, video, label)                                      -> x_bmC
+    latents [n, D] --cross_attention(x)--> --self_attention_layers-->         z_bnD
+    queries: Fourier(pixel t, y, x) | Fourier(audio patch) | a learned label query, padded with
+    learned per-modality vectors to Q = max(q_*) + query_padding             -> q_bkQ
+    q --decoder_cross_attention(z)--> decoder_output (Q -> out) --> video_head (RGB),
+    audio_head (16 samples per query), label_head (class logits)
+
+Decoder queries are independent of each other, so training decodes a random subset of pixels and
+audio patches (`video_query_idx`, `audio_query_idx`) and evaluation reconstructs everything in
+chunks of `decode_chunk_size` queries (bounded memory). Decoder query positions follow the
+paper's subsampled decoding, ``-1 + 2 * index / size`` per axis; encoder positions are
+``linspace(-1, 1)`` grids (as HF and the original code do both). The defaults are the paper's
+20.0M-parameter model (784 x 512 latents, 8 self-attention layers); HF additionally holds two
+unused mask tokens (audio, image) that this model leaves out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretrain.models.attention import CrossAttentionLayer, SelfAttentionLayer
+from pretrain.models.flops import (
+    cross_attention_layer_flops,
+    cross_attention_layer_params,
+    linear_params,
+    self_attention_layer_flops,
+    self_attention_layer_params,
+)
+
+MODALITIES = ("audio", "video", "label")  # input and query order (HF sorts its names likewise)
+_FLOAT_FIELDS = ("dropout", "init_scale", "label_mask_prob") + tuple(
+    f"{m}_loss_weight" for m in MODALITIES
+)
+_OPTIONAL_FIELDS = tuple(
+    f"{layer}_{kind}_channels"
+    for layer in ("cross_attention", "self_attention", "decoder")
+    for kind in ("qk", "v")
+)
+
+
+def fourier_channels(num_dims: int, num_bands: int) -> int:
+    """Channels of `fourier_features`: the positions, then a sine and a cosine per band."""
+    return num_dims * (2 * num_bands + 1)
+
+
+def fourier_features(pos_nd: Tensor, num_bands: int, max_resolution: Sequence[int]) -> Tensor:
+    """Fourier position features ``[pos, sin(pi f pos), cos(pi f pos)]`` (HF channel order).
+
+    Args:
+        pos_nd: Positions in [-1, 1], [..., n, d].
+        num_bands: Frequencies per dimension, ``linspace(1, resolution / 2, num_bands)``.
+        max_resolution: Resolution (the Nyquist rate) of each of the d dimensions.
+
+    Returns:
+        Float32 [..., n, d * (2 * num_bands + 1)].
+    """
+    pos_nd = pos_nd.float()
+    freqs_dk = torch.stack(
+        [torch.linspace(1.0, r / 2, num_bands, device=pos_nd.device) for r in max_resolution]
+    )
+    angles_ndk = (math.pi * pos_nd[..., None] * freqs_dk).flatten(-2)
+    return torch.cat([pos_nd, torch.sin(angles_ndk), torch.cos(angles_ndk)], dim=-1)
+
+
+def grid_positions(sizes: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """Encoder positions: a ``linspace(-1, 1)`` grid over ``sizes``, flattened to [prod, d]."""
+    axes = [torch.linspace(-1.0, 1.0, s, device=device) for s in sizes]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(sizes))
+
+
+def index_positions(idx_bk: Tensor, sizes: Sequence[int]) -> Tensor:
+    """Decoder positions of flat indices into a grid of ``sizes``: ``-1 + 2 * coordinate / size``.
+
+    Returns:
+        Float [b, k, len(sizes)].
+    """
+    coords = []
+    for size in reversed(sizes):
+        coords.append(idx_bk % size)
+        idx_bk = torch.div(idx_bk, size, rounding_mode="floor")
+    coord_bkd = torch.stack(coords[::-1], dim=-1).float()
+    return -1.0 + 2.0 * coord_bkd / torch.tensor(sizes, device=coord_bkd.device, dtype=torch.float)
+
+
+@dataclass
+class PerceiverMultimodalConfig:
+    """Hyperparameters of `PerceiverMultimodal`; defaults are the paper's Kinetics-700 model.
+
+    Attributes:
+        num_frames: Frames per clip (T).
+        frame_height: Frame height (H).
+        frame_width: Frame width (W).
+        temporal_patch_size: Frames per video patch.
+        spatial_patch_size: Pixels per side of a video patch.
+        audio_samples_per_frame: Audio samples per video frame (48 kHz / 25 fps = 1920).
+        audio_samples_per_patch: Audio samples per audio patch and per audio query.
+        num_classes: Label classes (one-hot input, logits output).
+        video_fourier_bands: Fourier bands per axis of the video positions.
+        audio_fourier_bands: Fourier bands of the audio positions.
+        input_padding: Learned channels added at least to every input modality.
+        query_padding: Learned channels added at least to every modality's decoder queries.
+        label_query_channels: Channels of the learned label query.
+        num_latents: Latents (n).
+        num_latent_channels: Latent channels (D).
+        num_cross_attention_heads: Heads of the encoder cross-attention.
+        num_self_attention_heads: Heads of the latent self-attention.
+        cross_attention_qk_channels: Encoder cross-attention q/k channels (None: input channels).
+        cross_attention_v_channels: Its value channels (None: its q/k channels).
+        self_attention_qk_channels: Self-attention q/k channels (None: D).
+        self_attention_v_channels: Self-attention value channels (None: its q/k channels).
+        cross_attention_widening_factor: MLP widening after the encoder cross-attention.
+        self_attention_widening_factor: MLP widening in the self-attention layers.
+        num_self_attention_layers_per_block: Distinct self-attention layers.
+        num_self_attention_blocks: Applications of the block (shared weights).
+        use_query_residual: Residual from the latents around the encoder cross-attention.
+        num_decoder_heads: Heads of the decoder cross-attention.
+        decoder_qk_channels: Decoder q/k channels (None: D).
+        decoder_v_channels: Decoder value channels (None: its q/k channels).
+        decoder_output_channels: Channels after the decoder's output projection (HF
+            `output_num_channels`), shared by the three heads.
+        decode_chunk_size: Queries per decoder call when reconstructing whole clips.
+        dropout: Dropout on attention weights.
+        init_scale: Standard deviation of the normal initialisation.
+        train_video_queries: Pixels decoded per clip in training (the objective's subsample).
+        train_audio_queries: Audio patches decoded per clip in training.
+        label_mask_prob: Probability that a training clip's label input is masked.
+        video_loss_weight: Weight of the video L1 loss.
+        audio_loss_weight: Weight of the audio L1 loss.
+        label_loss_weight: Weight of the label cross-entropy.
+    """
+
+    num_frames: int = 16
+    frame_height: int = 224
+    frame_width: int = 224
+    temporal_patch_size: int = 1
+    spatial_patch_size: int = 4
+    audio_samples_per_frame: int = 1920
+    audio_samples_per_patch: int = 16
+    num_classes: int = 700
+    video_fourier_bands: int = 32
+    audio_fourier_bands: int = 192
+    input_padding: int = 4
+    query_padding: int = 2
+    label_query_channels: int = 1024
+    num_latents: int = 784
+    num_latent_channels: int = 512
+    num_cross_attention_heads: int = 1
+    num_self_attention_heads: int = 8
+    cross_attention_qk_channels: int | None = None
+    cross_attention_v_channels: int | None = None
+    self_attention_qk_channels: int | None = None
+    self_attention_v_channels: int | None = None
+    cross_attention_widening_factor: int = 1
+    self_attention_widening_factor: int = 1
+    num_self_attention_layers_per_block: int = 8
+    num_self_attention_blocks: int = 1
+    use_query_residual: bool = True
+    num_decoder_heads: int = 1
+    decoder_qk_channels: int | None = None
+    decoder_v_channels: int | None = None
+    decoder_output_channels: int = 512
+    decode_chunk_size: int = 16384
+    dropout: float = 0.0
+    init_scale: float = 0.02
+    train_video_queries: int = 512
+    train_audio_queries: int = 512
+    label_mask_prob: float = 0.5
+    video_loss_weight: float = 0.03
+    audio_loss_weight: float = 1.0
+    label_loss_weight: float = 1e-4
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or name in _FLOAT_FIELDS:
+                continue
+            if value is None and name in _OPTIONAL_FIELDS:
+                continue
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.init_scale <= 0:
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
+        if not 0.0 <= self.label_mask_prob <= 1.0:
+            raise ValueError(f"label_mask_prob must be in [0, 1], got {self.label_mask_prob}")
+        for m in MODALITIES:
+            if getattr(self, f"{m}_loss_weight") < 0:
+                raise ValueError(f"{m}_loss_weight must be >= 0")
+        for name, size, patch in (
+            ("num_frames", self.num_frames, self.temporal_patch_size),
+            ("frame_height", self.frame_height, self.spatial_patch_size),
+            ("frame_width", self.frame_width, self.spatial_patch_size),
+            ("audio_samples_per_frame", self.num_audio_samples, self.audio_samples_per_patch),
+        ):
+            if size % patch:
+                raise ValueError(f"{name} ({size}) must be divisible by its patch size {patch}")
+        if self.train_video_queries > self.num_pixels:
+            raise ValueError(f"train_video_queries exceeds the {self.num_pixels} pixels per clip")
+        if self.train_audio_queries > self.num_audio_patches:
+            raise ValueError(
+                f"train_audio_queries exceeds the {self.num_audio_patches} audio patches per clip"
+            )
+        for layer, heads in (
+            ("cross_attention", self.num_cross_attention_heads),
+            ("self_attention", self.num_self_attention_heads),
+            ("decoder", self.num_decoder_heads),
+        ):
+            for kind, channels in zip(("qk", "v"), self.attention_channels(layer)):
+                if channels % heads:
+                    raise ValueError(
+                        f"{layer}_{kind}_channels ({channels}) must be divisible by {heads} heads"
+                    )
+
+    # Derived sizes ----------------------------------------------------------------------------
+    @property
+    def num_audio_samples(self) -> int:
+        return self.num_frames * self.audio_samples_per_frame
+
+    @property
+    def num_pixels(self) -> int:
+        return self.num_frames * self.frame_height * self.frame_width
+
+    @property
+    def video_patch_grid(self) -> tuple[int, int, int]:
+        t, s = self.temporal_patch_size, self.spatial_patch_size
+        return (self.num_frames // t, self.frame_height // s, self.frame_width // s)
+
+    @property
+    def num_video_patches(self) -> int:
+        return math.prod(self.video_patch_grid)
+
+    @property
+    def num_audio_patches(self) -> int:
+        return self.num_audio_samples // self.audio_samples_per_patch
+
+    @property
+    def num_inputs(self) -> int:
+        """Input positions the latents attend to (M)."""
+        return self.num_video_patches + self.num_audio_patches + 1
+
+    @property
+    def modality_input_channels(self) -> dict[str, int]:
+        patch = 3 * self.temporal_patch_size * self.spatial_patch_size**2
+        return {
+            "audio": self.audio_samples_per_patch + fourier_channels(1, self.audio_fourier_bands),
+            "video": patch + fourier_channels(3, self.video_fourier_bands),
+            "label": self.num_classes,
+        }
+
+    @property
+    def input_channels(self) -> int:
+        return max(self.modality_input_channels.values()) + self.input_padding
+
+    @property
+    def modality_query_channels(self) -> dict[str, int]:
+        return {
+            "audio": fourier_channels(1, self.audio_fourier_bands),
+            "video": fourier_channels(3, self.video_fourier_bands),
+            "label": self.label_query_channels,
+        }
+
+    @property
+    def query_channels(self) -> int:
+        return max(self.modality_query_channels.values()) + self.query_padding
+
+    @property
+    def num_self_attention_layers(self) -> int:
+        return self.num_self_attention_layers_per_block * self.num_self_attention_blocks
+
+    def attention_channels(self, layer: str) -> tuple[int, int]:
+        """(qk, v) channels of ``"cross_attention"``, ``"self_attention"`` or ``"decoder"``."""
+        default = self.input_channels if layer == "cross_attention" else self.num_latent_channels
+        qk = getattr(self, f"{layer}_qk_channels") or default
+        return qk, getattr(self, f"{layer}_v_channels") or qk
+
+    def _layers(self) -> dict[str, dict[str, int]]:
+        d = self.num_latent_channels
+        (cqk, cv), (sqk, sv), (dqk, dv) = (
+            self.attention_channels(n) for n in ("cross_attention", "self_attention", "decoder")
+        )
+        return {
+            "encoder": dict(
+                q_dim=d,
+                kv_dim=self.input_channels,
+                qk=cqk,
+                v=cv,
+                widening=self.cross_attention_widening_factor,
+            ),
+            "self": dict(dim=d, qk=sqk, v=sv, widening=self.self_attention_widening_factor),
+            "decoder": dict(q_dim=self.query_channels, kv_dim=d, qk=dqk, v=dv, widening=1),
+        }
+
+    def num_params(self) -> int:
+        """Analytic number of parameters."""
+        layers, out = self._layers(), self.decoder_output_channels
+        c, q = self.input_channels, self.query_channels
+        learned = (
+            self.num_latents * self.num_latent_channels
+            + sum(c - n for n in self.modality_input_channels.values())
+            + c  # label mask token
+            + sum(q - n for n in self.modality_query_channels.values())
+            + self.label_query_channels
+        )
+        heads = (
+            linear_params(q, out)
+            + linear_params(out, 3)
+            + linear_params(out, self.audio_samples_per_patch)
+            + linear_params(out, self.num_classes)
+        )
+        return (
+            learned
+            + cross_attention_layer_params(**layers["encoder"])
+            + self.num_self_attention_layers_per_block
+            * self_attention_layer_params(**layers["self"])
+            + cross_attention_layer_params(**layers["decoder"])
+            + heads
+        )
+
+    def flops_per_sample(
+        self, num_video_queries: int | None = None, num_audio_queries: int | None = None
+    ) -> int:
+        """Forward + backward matmul FLOPs of one clip (3 x the forward).
+
+        Args:
+            num_video_queries: Decoded pixels (default: the training subsample).
+            num_audio_queries: Decoded audio patches (default: the training subsample).
+        """
+        kv = self.train_video_queries if num_video_queries is None else num_video_queries
+        ka = self.train_audio_queries if num_audio_queries is None else num_audio_queries
+        k, n, out = kv + ka + 1, self.num_latents, self.decoder_output_channels
+        layers = self._layers()
+        forward = (
+            cross_attention_layer_flops(num_q=n, num_kv=self.num_inputs, **layers["encoder"])
+            + self.num_self_attention_layers * self_attention_layer_flops(n, **layers["self"])
+            + cross_attention_layer_flops(num_q=k, num_kv=n, **layers["decoder"])
+            + 2 * k * self.query_channels * out
+            + 2 * out * (3 * kv + self.audio_samples_per_patch * ka + self.num_classes)
+        )
+        return 3 * forward
+
+
+class PerceiverMultimodal(nn.Module):
+    """The Perceiver IO multimodal autoencoder (see the module docstring for the data flow).
+
+    Args:
+        cfg: Hyperparameters. Parameters are allocated but not initialised: call
+            `init_weights()` (allows construction on the meta device).
+    """
+
+    def __init__(self, cfg: PerceiverMultimodalConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, q, d = cfg.input_channels, cfg.query_channels, cfg.num_latent_channels
+        self.latents = nn.Parameter(torch.empty(cfg.num_latents, d))
+        self.input_padding = nn.ParameterDict(
+            {m: torch.empty(1, c - n) for m, n in cfg.modality_input_channels.items()}
+        )
+        self.label_mask_token = nn.Parameter(torch.empty(1, c))
+        (cqk, cv), (sqk, sv), (dqk, dv) = (
+            cfg.attention_channels(n) for n in ("cross_attention", "self_attention", "decoder")
+        )
+        self.cross_attention = CrossAttentionLayer(
+            q_dim=d,
+            kv_dim=c,
+            qk_channels=cqk,
+            v_channels=cv,
+            num_heads=cfg.num_cross_attention_heads,
+            widening_factor=cfg.cross_attention_widening_factor,
+            use_query_residual=cfg.use_query_residual,
+            dropout=cfg.dropout,
+        )
+        self.self_attention_layers = nn.ModuleList(
+            SelfAttentionLayer(
+                dim=d,
+                qk_channels=sqk,
+                v_channels=sv,
+                num_heads=cfg.num_self_attention_heads,
+                widening_factor=cfg.self_attention_widening_factor,
+                dropout=cfg.dropout,
+            )
+            for _ in range(cfg.num_self_attention_layers_per_block)
+        )
+        self.query_padding = nn.ParameterDict(
+            {m: torch.empty(1, q - n) for m, n in cfg.modality_query_channels.items()}
+        )
+        self.label_query = nn.Parameter(torch.empty(1, cfg.label_query_channels))
+        self.decoder_cross_attention = CrossAttentionLayer(
+            q_dim=q,
+            kv_dim=d,
+            qk_channels=dqk,
+            v_channels=dv,
+            num_heads=cfg.num_decoder_heads,
+            widening_factor=1,
+            use_query_residual=False,
+            dropout=cfg.dropout,
+        )
+        out = cfg.decoder_output_channels
+        self.decoder_output = nn.Linear(q, out)
+        self.video_head = nn.Linear(out, 3)
+        self.audio_head = nn.Linear(out, cfg.audio_samples_per_patch)
+        self.label_head = nn.Linear(out, cfg.num_classes)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """HF initialisation: N(0, init_scale) weights and learned vectors, zero biases."""
+        std = self.cfg.init_scale
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        vectors = [self.latents, self.label_mask_token, self.label_query]
+        for p in [*vectors, *self.input_padding.values(), *self.query_padding.values()]:
+            nn.init.normal_(p, std=std)
+
+    def _pad(self, x_bnc: Tensor, padding: Tensor) -> Tensor:
+        b, n, _ = x_bnc.shape
+        return torch.cat([x_bnc, padding.to(x_bnc.dtype).expand(b, n, -1)], dim=-1)
+
+    def embed_inputs(self, frames: Tensor, audio: Tensor, label: Tensor, label_mask: Tensor | None):
+        """Encoder inputs x_bmC (audio, video, label), each padded to the common channels."""
+        cfg, b = self.cfg, frames.shape[0]
+        if frames.dtype == torch.uint8:
+            frames = frames.float() / 255.0
+        t, h, w = cfg.video_patch_grid
+        pt, ps = cfg.temporal_patch_size, cfg.spatial_patch_size
+        expected = (b, cfg.num_frames, cfg.frame_height, cfg.frame_width, 3)
+        if tuple(frames.shape) != expected or tuple(audio.shape) != (b, cfg.num_audio_samples):
+            raise ValueError(
+                f"expected frames {expected} and audio {(b, cfg.num_audio_samples)}, got "
+                f"{tuple(frames.shape)} and {tuple(audio.shape)}"
+            )
+        patches = frames.float().reshape(b, t, pt, h, ps, w, ps, 3)
+        patches = patches.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, t * h * w, -1)
+        video_pos = fourier_features(
+            grid_positions((t, h, w), frames.device),
+            cfg.video_fourier_bands,
+            (cfg.num_frames, cfg.frame_height, cfg.frame_width),
+        )
+        audio_patches = audio.float().reshape(b, cfg.num_audio_patches, -1)
+        audio_pos = fourier_features(
+            grid_positions((cfg.num_audio_patches,), audio.device),
+            cfg.audio_fourier_bands,
+            (cfg.num_audio_samples,),
+        )
+        label_x = F.one_hot(label, cfg.num_classes).float()[:, None, :]
+        inputs = {
+            "audio": torch.cat([audio_patches, audio_pos.expand(b, -1, -1)], dim=-1),
+            "video": torch.cat([patches, video_pos.expand(b, -1, -1)], dim=-1),
+            "label": label_x,
+        }
+        padded = {m: self._pad(x, self.input_padding[m]) for m, x in inputs.items()}
+        if label_mask is not None:
+            token = self.label_mask_token.expand(b, 1, -1)
+            padded["label"] = torch.where(label_mask[:, None, None], token, padded["label"])
+        # Position features are float32; DeepSpeed's bf16 mode holds bf16 parameters.
+        return torch.cat([padded[m] for m in MODALITIES], dim=1).to(self.latents.dtype)
+
+    def encode(
+        self, frames: Tensor, audio: Tensor, label: Tensor, label_mask: Tensor | None = None
+    ) -> Tensor:
+        """The latents z_bnD after the encoder cross-attention and the self-attention stack."""
+        x_bmc = self.embed_inputs(frames, audio, label, label_mask)
+        z_bnd = self.cross_attention(self.latents.expand(x_bmc.shape[0], -1, -1), x_bmc)
+        for _ in range(self.cfg.num_self_attention_blocks):
+            for layer in self.self_attention_layers:
+                z_bnd = layer(z_bnd)
+        return z_bnd
+
+    def decode(
+        self,
+        z_bnd: Tensor,
+        video_idx: Tensor | None = None,
+        audio_idx: Tensor | None = None,
+        label: bool = True,
+    ) -> dict[str, Tensor]:
+        """Decodes the given queries (independently of each other).
+
+        Args:
+            z_bnd: Latents.
+            video_idx: Long [b, kv], flat pixel indices into [T, H, W].
+            audio_idx: Long [b, ka], audio patch indices.
+            label: Decode the label.
+
+        Returns:
+            The requested of ``{"video": [b, kv, 3], "audio": [b, ka, samples_per_patch],
+            "label": [b, num_classes]}``.
+        """
+        cfg, b = self.cfg, z_bnd.shape[0]
+        queries: dict[str, Tensor] = {}
+        if audio_idx is not None:
+            pos = index_positions(audio_idx, (cfg.num_audio_patches,))
+            feats = fourier_features(pos, cfg.audio_fourier_bands, (cfg.num_audio_samples,))
+            queries["audio"] = self._pad(feats, self.query_padding["audio"])
+        if video_idx is not None:
+            grid = (cfg.num_frames, cfg.frame_height, cfg.frame_width)
+            feats = fourier_features(
+                index_positions(video_idx, grid), cfg.video_fourier_bands, grid
+            )
+            queries["video"] = self._pad(feats, self.query_padding["video"])
+        if label:
+            queries["label"] = self._pad(
+                self.label_query.expand(b, 1, -1), self.query_padding["label"]
+            )
+        names = list(queries)
+        q_bkc = torch.cat(list(queries.values()), dim=1).to(self.latents.dtype)
+        h_bkc = self.decoder_cross_attention(q_bkc, z_bnd)
+        h_bko = self.decoder_output(h_bkc)
+        parts = dict(zip(names, h_bko.split([queries[m].shape[1] for m in names], dim=1)))
+        heads = {"video": self.video_head, "audio": self.audio_head, "label": self.label_head}
+        out = {m: heads[m](h) for m, h in parts.items()}
+        if "label" in out:
+            out["label"] = out["label"][:, 0]
+        return out
+
+    def reconstruct(self, z_bnd: Tensor) -> dict[str, Tensor]:
+        """Decodes every pixel, audio sample and the label, `decode_chunk_size` queries at a time.
+
+        Returns:
+            ``{"video": [b, T, H, W, 3], "audio": [b, N], "label": [b, num_classes]}``.
+        """
+        cfg, b, chunk = self.cfg, z_bnd.shape[0], self.cfg.decode_chunk_size
+        out: dict[str, list[Tensor]] = {"video": [], "audio": []}
+        for name, total in (("video", cfg.num_pixels), ("audio", cfg.num_audio_patches)):
+            for start in range(0, total, chunk):
+                idx = torch.arange(start, min(start + chunk, total), device=z_bnd.device)
+                kwargs = {f"{name}_idx": idx.expand(b, -1)}
+                out[name].append(self.decode(z_bnd, **kwargs, label=False)[name])
+        video = torch.cat(out["video"], dim=1)
+        return {
+            "video": video.reshape(b, cfg.num_frames, cfg.frame_height, cfg.frame_width, 3),
+            "audio": torch.cat(out["audio"], dim=1).reshape(b, cfg.num_audio_samples),
+            "label": self.decode(z_bnd, label=True)["label"],
+        }
+
+    def forward(
+        self,
+        frames: Tensor,
+        audio: Tensor,
+        label: Tensor,
+        label_mask: Tensor | None = None,
+        video_query_idx: Tensor | None = None,
+        audio_query_idx: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Autoencodes a batch of clips.
+
+        Args:
+            frames: RGB [b, T, H, W, 3], uint8 or float in [0, 1].
+            audio: Float [b, N] in [-1, 1].
+            label: Long [b] class ids.
+            label_mask: Optional bool [b]; True replaces that clip's label by the mask token.
+            video_query_idx: Long [b, kv] pixels to decode; with `audio_query_idx`, or neither
+                (then everything is reconstructed, see `reconstruct`).
+            audio_query_idx: Long [b, ka] audio patches to decode.
+
+        Returns:
+            See `decode` (subsampled) or `reconstruct` (everything).
+        """
+        if (video_query_idx is None) != (audio_query_idx is None):
+            raise ValueError("pass both video_query_idx and audio_query_idx, or neither")
+        z_bnd = self.encode(frames, audio, label, label_mask)
+        if video_query_idx is None:
+            return self.reconstruct(z_bnd)
+        return self.decode(z_bnd, video_query_idx, audio_query_idx, label=True)
