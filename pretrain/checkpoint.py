@@ -20,6 +20,8 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -145,15 +147,70 @@ def save(
     return path
 
 
-def load(engine: Any, path: str | Path, load_rng: bool = True) -> dict[str, Any]:
-    """Load a complete checkpoint into ``engine``; returns the client state saved with it."""
+def saved_partitions(path: str | Path) -> int:
+    """How many data-parallel partitions of optimizer state the checkpoint holds (0: none)."""
+    return len(list(Path(path).glob("*optim_states.pt")))
+
+
+def universal_path(path: str | Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".universal")
+
+
+def ensure_universal(path: str | Path, is_main: bool) -> Path:
+    """A DeepSpeed *universal* checkpoint of ``path`` (converted once, by the main rank).
+
+    ZeRO (and DeepSpeed's bf16 optimizer) partition optimizer state by data-parallel rank, so a
+    checkpoint written by N ranks cannot be loaded by M != N ranks directly. DeepSpeed's
+    ``ds_to_universal`` rewrites it per parameter; the result loads on any world size. It is
+    written under a temporary name and renamed, so a crash leaves no half-converted directory.
+    """
+    import torch.distributed as dist
+
+    path = Path(path)
+    out = universal_path(path)
+    if is_main and not out.is_dir():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder",
+            str(path),
+            "--output_folder",
+            str(tmp),
+            "--inject_missing_state",
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{path}: conversion to a universal checkpoint failed:\n{proc.stderr[-3000:]}"
+            )
+        tmp.replace(out)
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+def load(
+    engine: Any, path: str | Path, load_rng: bool = True, universal: Path | None = None
+) -> dict[str, Any]:
+    """Load a complete checkpoint into ``engine``; returns the client state saved with it.
+
+    Args:
+        engine: the DeepSpeed engine (built with ``checkpoint.load_universal`` if ``universal``).
+        path: the checkpoint directory (``.../step_XXXXXXXX``).
+        load_rng: restore this rank's RNG state if the checkpoint has one for it.
+        universal: load the engine state from this universal conversion of ``path`` instead.
+    """
     import torch.distributed as dist
 
     path = Path(path)
     if not is_complete(path):
         raise ValueError(f"{path}: not a complete checkpoint (no {MARKER})")
+    src = universal or path
     load_path, client_state = engine.load_checkpoint(
-        str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(src.parent), tag=src.name, load_optimizer_states=True, load_lr_scheduler_states=True
     )
     if load_path is None:
         raise RuntimeError(f"{path}: DeepSpeed could not load this checkpoint")

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from pretrain.config import Config, ConfigError, load_config
@@ -114,18 +113,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(cfg, stop_at_step=args.stop_at_step)
     if int(os.environ.get("RANK", "0")) == 0:
-        summary = {
-            "status": result.status,
-            "state": asdict(result.state),
-            "run_dir": str(result.run_dir),
-            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-            "first_loss": result.first_loss,
-            "last_loss": result.last_loss,
-            "val_metrics": result.val_metrics,
-            "num_params": result.num_params,
-            "resumed_from": str(result.resumed_from) if result.resumed_from else None,
-        }
-        (Path(result.run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        path = Path(result.run_dir) / "summary.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=2))
+        tmp.replace(path)
         print(f"{result.status} at step {result.state.step}; checkpoint: {result.checkpoint}")
     return 0
 
@@ -153,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     from slurm.cli import add_slurm_subcommands
 
     add_slurm_subcommands(sub)
+    from pretrain.glue.cli import add_glue_subcommands  # export, import-hf, glue
+
+    add_glue_subcommands(sub)
     return parser
 
 

@@ -30,10 +30,22 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class DataSourceConfig:
+    """One dataset of a training mixture (see data_pipeline.mixtures)."""
+
+    name: str = ""  # e.g. c4, wikipedia (unique; used in messages and metrics)
+    dir: str = ""  # a shard directory; a relative path is taken under data.dir
+    proportion: float = 1.0  # share of every training epoch (normalised over the mixture)
+
+
+@dataclass
 class DataConfig:
     """Where the shards are and how batches are made from them."""
 
     dir: str = ""  # an MDS dataset directory with train/ and val/ (see data_pipeline.shards)
+    # Several datasets sampled in proportions (e.g. 70% C4 / 30% Wikipedia); when given, `dir`
+    # is only the root their relative `dir`s are under.
+    mixture: list[DataSourceConfig] = field(default_factory=list)
     train_split: str = "train"
     val_split: str = "val"
     shuffle: bool = True
@@ -43,14 +55,32 @@ class DataConfig:
     cache_dir: str | None = None  # streaming's local cache; default: <run_dir>/.streaming_cache
 
     def validate(self) -> None:
-        if not self.dir:
+        if not self.dir and not self.mixture:
             raise ConfigError(
                 "data.dir: required (a directory written by `perceiver data prepare`)"
             )
+        names = [m.name for m in self.mixture]
+        for i, source in enumerate(self.mixture):
+            key = f"data.mixture[{i}]"
+            if not source.name or names.count(source.name) > 1:
+                raise ConfigError(f"{key}.name: a unique non-empty name is required, got {names}")
+            if not source.dir:
+                raise ConfigError(f"{key}.dir: required (a shard directory)")
+            if not Path(source.dir).is_absolute() and not self.dir:
+                raise ConfigError(f"{key}.dir: {source.dir!r} is relative but data.dir is empty")
+            if not source.proportion > 0:
+                raise ConfigError(f"{key}.proportion: must be > 0, got {source.proportion}")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"data.mask_prob: must be in (0, 1), got {self.mask_prob}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers: must be >= 0, got {self.num_workers}")
+
+    def dataset_dirs(self) -> list[tuple[str, str, float]]:
+        """`(name, shard directory, proportion)` of each dataset (one, named `data`, without a
+        mixture)."""
+        if not self.mixture:
+            return [("data", self.dir, 1.0)]
+        return [(m.name, str(Path(self.dir) / m.dir), m.proportion) for m in self.mixture]
 
 
 @dataclass
@@ -122,6 +152,10 @@ class CheckpointConfig:
     keep: int = 3  # newest complete checkpoints kept; 0 keeps all
     resume: str = "auto"  # "auto" (newest complete, if any), "none", or a checkpoint path
     save_final: bool = True
+    # Weights to start from when there is nothing to resume (fine-tuning, continued pretraining):
+    # an export directory, an HF Perceiver directory, a run directory or a checkpoint; weights
+    # only, no optimizer state (pretrain.export.load_initial_weights).
+    init_from: str = ""
 
     def validate(self) -> None:
         if self.every < 0 or self.keep < 0:
@@ -138,6 +172,74 @@ class LoggingConfig:
 
 
 @dataclass
+class GlueConfig:
+    """The GLUE task of a ``perceiver_io_classifier`` run; data.dir is ``<glue_dir>/<TASK>``."""
+
+    task: str = ""  # cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte or wnli
+    tokenizer: str = "byte"  # what pretraining used: byte or spm:PATH (perceiver glue sets it)
+    max_length: int = 0  # tokens per example incl. [CLS]/[SEP]; 0: model.max_seq_len
+    max_train_examples: int = 0  # 0: all; else a fixed random subset (quick runs, probes)
+    max_eval_examples: int = 0  # 0: all; else the first N of each evaluation split
+
+    def validate(self) -> None:
+        for key in ("max_length", "max_train_examples", "max_eval_examples"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"glue.{key}: must be >= 0, got {getattr(self, key)}")
+        if self.task:
+            from pretrain.glue.tasks import get_task
+
+            try:
+                get_task(self.task)
+            except ValueError as e:
+                raise ConfigError(f"glue.task: {e}") from None
+
+
+@dataclass
+class ProbesConfig:
+    """GLUE probes while pretraining: every ``every`` steps the weights are exported and briefly
+    fine-tuned on ``tasks``; the dev scores land in this run's TensorBoard as
+    ``glue/<task>/<metric>`` at the step they belong to (docs/glue.md)."""
+
+    every: int = 0  # steps; 0 disables probes
+    tasks: list[str] = field(default_factory=lambda: ["rte"])
+    glue_dir: str = ""  # the GLUE root: <glue_dir>/<TASK>/{train,dev}.tsv
+    mode: Literal["inline", "slurm"] = "inline"  # inline: training waits; slurm: a separate job
+    max_steps: int = 200  # fine-tuning steps per task
+    lr: float = 5.0e-5
+    batch_size: int = 16
+    overrides: list[str] = field(default_factory=list)  # more fine-tuning overrides, key=value
+    slurm: dict[str, Any] = field(default_factory=dict)  # mode=slurm: slurm.cluster.JobRequest
+
+    def validate(self) -> None:
+        if self.every < 0:
+            raise ConfigError(f"probes.every: must be >= 0, got {self.every}")
+        if not self.every:
+            return
+        if not self.glue_dir:
+            raise ConfigError("probes.glue_dir: required when probes.every > 0")
+        from pretrain.glue.tasks import get_task
+
+        for i, task in enumerate(self.tasks):
+            try:
+                get_task(task)
+            except ValueError as e:
+                raise ConfigError(f"probes.tasks[{i}]: {e}") from None
+        if not self.tasks:
+            raise ConfigError("probes.tasks: at least one GLUE task is required")
+        if self.max_steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("probes.max_steps and probes.batch_size must be >= 1, lr > 0")
+        if self.slurm:
+            from slurm.cluster import JobRequest
+
+            valid = {f.name for f in dataclasses.fields(JobRequest)}
+            unknown = sorted(set(self.slurm) - valid)
+            if unknown:
+                raise ConfigError(
+                    f"probes.slurm.{unknown[0]}: unknown; valid keys: {', '.join(sorted(valid))}"
+                )
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -147,6 +249,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    glue: GlueConfig = field(default_factory=GlueConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
 
     @property
     def model_type(self) -> str:
@@ -181,6 +285,8 @@ class Config:
         self.optimizer.validate()
         self.trainer.validate()
         self.checkpoint.validate()
+        self.glue.validate()
+        self.probes.validate()
         if self.trainer.precision == "fp16" and self.trainer.device == "cpu":
             raise ConfigError("trainer.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
         if self.optimizer.name == "lamb" and self.trainer.zero_stage > 0:

@@ -11,8 +11,14 @@ from typing import Any
 from pretrain.config import Config
 
 
-def build_ds_config(cfg: Config, world_size: int, on_gpu: bool) -> dict[str, Any]:
-    """DeepSpeed config dict for ``cfg`` on ``world_size`` data-parallel ranks."""
+def build_ds_config(
+    cfg: Config, world_size: int, on_gpu: bool, load_universal: bool = False
+) -> dict[str, Any]:
+    """DeepSpeed config dict for ``cfg`` on ``world_size`` data-parallel ranks.
+
+    ``load_universal`` is set when resuming from a checkpoint written by another number of ranks
+    (see ``pretrain.checkpoint.ensure_universal``).
+    """
     t = cfg.trainer
     zero: dict[str, Any] = {"stage": t.zero_stage}
     if t.zero_stage >= 1:
@@ -48,6 +54,8 @@ def build_ds_config(cfg: Config, world_size: int, on_gpu: bool) -> dict[str, Any
             "min_loss_scale": 1,
         },
     }
+    if load_universal:
+        ds["checkpoint"] = {"load_universal": True}
     if ds["bf16"]["enabled"] and t.zero_stage > 0:
         # accumulate gradients in fp32 (bf16 accumulation loses small gradients); DeepSpeed
         # supports this mix with ZeRO only

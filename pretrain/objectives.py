@@ -75,6 +75,10 @@ class Objective:
     def num_samples(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].shape[0]
 
+    def flops_per_sample(self, model_cfg: Any) -> float:
+        """Forward + backward matmul FLOPs of one sample as this objective runs it (for MFU)."""
+        return float(model_cfg.flops_per_sample())
+
     def summarize(self, sums: dict[str, float], prefix: str) -> dict[str, float]:
         """Summed statistics -> the metrics users read (loss and accuracy of the counted items)."""
         count = max(sums["count"], 1.0)
@@ -123,6 +127,11 @@ class MLMObjective(Objective):
 
     def transform(self, raw, key):
         return self.masker(raw["tokens"], key)
+
+    def flops_per_sample(self, model_cfg):
+        # only the masked positions are decoded (see `step`)
+        decoded = max(1, round(self.cfg.data.mask_prob * model_cfg.max_seq_len))
+        return float(model_cfg.flops_per_sample(num_output_positions=decoded))
 
     def step(self, model, batch):
         positions_bk, labels_bk = gather_label_positions(batch["labels"])
@@ -183,6 +192,7 @@ for _cls in (MLMObjective, ARObjective):
 
 # Objectives in their own modules register themselves on import.
 from pretrain import objectives_multimodal  # noqa: E402, F401
+from pretrain.glue import objective as _glue_objective  # noqa: E402, F401
 
 
 def objective_for_model(model_type: str) -> str:

@@ -54,6 +54,20 @@ class TrainResult:
     num_params: int = 0
     resumed_from: Path | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """What ``summary.json`` holds."""
+        return {
+            "status": self.status,
+            "state": asdict(self.state),
+            "run_dir": str(self.run_dir),
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "first_loss": self.first_loss,
+            "last_loss": self.last_loss,
+            "val_metrics": self.val_metrics,
+            "num_params": self.num_params,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+        }
+
 
 class StopSignal:
     """Sets a flag on SIGUSR1/SIGUSR2/SIGTERM; ranks agree on it at step boundaries (see the loop).
@@ -105,7 +119,9 @@ class _EpochLoader:
         )
 
 
-def _build_engine(cfg: Config, model: torch.nn.Module, device: torch.device, world_size: int):
+def _build_engine(
+    cfg: Config, model: torch.nn.Module, device: torch.device, world_size: int, universal: bool
+):
     import deepspeed
 
     from pretrain.ds_config import build_ds_config
@@ -113,7 +129,7 @@ def _build_engine(cfg: Config, model: torch.nn.Module, device: torch.device, wor
 
     optimizer = build_optimizer(model, cfg.optimizer, device)
     scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps)
-    ds_config = build_ds_config(cfg, world_size, on_gpu=device.type == "cuda")
+    ds_config = build_ds_config(cfg, world_size, device.type == "cuda", load_universal=universal)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -171,8 +187,11 @@ def _build_loader(cfg: Config, split: str, shuffle: bool):
     )
 
 
-def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+        for k, v in batch.items()
+    }
 
 
 def _grad_norm(model: torch.nn.Module) -> float:
@@ -208,7 +227,7 @@ def evaluate(engine, loader, objective: Objective, max_batches: int, device, wor
     for i, raw in enumerate(loader):
         if i >= n:
             break
-        batch = _to_device(objective.transform(raw, VAL_KEY_OFFSET + i * world_size + rank), device)
+        batch = objective.transform(_to_device(raw, device), VAL_KEY_OFFSET + i * world_size + rank)
         _, stats = objective.step(engine, batch)
         _accumulate(sums, stats)
     engine.train()
@@ -245,20 +264,34 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     num_params = sum(p.numel() for p in model.parameters())
     if t.activation_checkpointing:
         apply_activation_checkpointing(model)
-    engine = _build_engine(cfg, model, device, env.world_size)
+    resume_path = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
+    universal = None
+    if resume_path is not None and ckpt.saved_partitions(resume_path) not in (0, env.world_size):
+        # written by another number of ranks: reshard through a universal checkpoint
+        universal = ckpt.ensure_universal(resume_path, env.is_main)
+    if cfg.checkpoint.init_from and resume_path is None:  # pretrained weights, not a resume
+        from pretrain.export import load_initial_weights
+
+        load_initial_weights(model, cfg)
+    engine = _build_engine(cfg, model, device, env.world_size, universal is not None)
     torch.manual_seed(t.seed + 1000 * env.rank + 1)  # per-rank streams for dropout
 
     objective = build_objective(cfg)
-    train_loader = _build_loader(cfg, cfg.data.train_split, cfg.data.shuffle)
-    val_loader = _build_loader(cfg, cfg.data.val_split, False) if t.val_every else None
+    build_loader = getattr(objective, "build_loader", _build_loader)  # GLUE: in-memory TSVs
+    train_loader = build_loader(cfg, cfg.data.train_split, cfg.data.shuffle)
+    val_loader = build_loader(cfg, cfg.data.val_split, False) if t.val_every else None
+    probes = None
+    if cfg.probes.every:  # GLUE probes of the weights every N steps (pretrain/glue/probes.py)
+        from pretrain.glue.probes import ProbeRunner
+
+        probes = ProbeRunner(cfg, env.is_main)
     state = TrainState()
-    resume_path = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
     if resume_path is not None:
-        client = ckpt.load(engine, resume_path)
+        client = ckpt.load(engine, resume_path, universal=universal)
         state = TrainState(**client["train_state"])
+        train_loader.load_state_dict(client["loader_state"])
     # Slurm counts how often it requeued this job; keep the count with the run's state.
     state.requeues = int(os.environ.get("SLURM_RESTART_COUNT", state.requeues))
-        train_loader.load_state_dict(client["loader_state"])
     data = _EpochLoader(train_loader, state.epoch)
 
     logger = MetricLogger(run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.jsonl)
@@ -270,7 +303,7 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
         else contextlib.nullcontext
     )
     last_grad_norm = float("nan")
-    flops_per_sample = float(model_cfg.flops_per_sample())
+    flops_per_sample = objective.flops_per_sample(model_cfg)
     peak_flops = detect_peak_flops(device, t.peak_flops)
     stopper = StopSignal()
     result = TrainResult(
@@ -298,7 +331,8 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
             for _ in range(t.grad_accum_steps):
                 t0 = time.perf_counter()
                 key = state.micro_step * env.world_size + env.rank
-                batch = _to_device(objective.transform(data.next(), key), device)
+                # the transform (MLM masking) runs where the batch is: on the GPU when there is one
+                batch = objective.transform(_to_device(data.next(), device), key)
                 meter.data_wait += time.perf_counter() - t0
                 with autocast():
                     loss, stats = objective.step(engine, batch)
@@ -369,6 +403,8 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
                 state.step == t.max_steps and cfg.checkpoint.save_final
             ):
                 result.checkpoint = save(state.step)
+            if probes is not None and state.step % cfg.probes.every == 0:
+                probes.run(engine, state.step)
     finally:
         stopper.restore()
         if progress is not None:

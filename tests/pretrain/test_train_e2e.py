@@ -4,11 +4,12 @@ exact resume; and the demo pipeline at reduced size."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_perceiver
+from tests.conftest import REPO, free_port, run_perceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -142,3 +143,85 @@ def test_shards_that_do_not_fit_the_model_are_refused_before_training(shards, tm
     assert proc.returncode == 2
     assert "data.dir" in proc.stderr and "257 tokens" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_single_process_and_torchrun_launches(shards, tmp_path):
+    """Without a launcher (1 process) and under torchrun (2 processes) the same CLI trains."""
+    import os
+    import subprocess
+    import sys
+
+    common = [
+        "trainer.max_steps=3",
+        "trainer.val_every=0",
+        "checkpoint.every=0",
+        "logging.progress_bar=false",
+        f"data.dir={shards['ar']}",
+    ]
+    run_perceiver(
+        [
+            "train",
+            str(REPO / "configs" / "tiny_ar.yaml"),
+            *common,
+            f"trainer.run_dir={tmp_path / 'single'}",
+        ]
+    )
+    single = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert single["status"] == "finished" and single["state"]["samples_seen"] == 3 * 4
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            str(free_port()),
+            "-m",
+            "pretrain.cli",
+            "train",
+            str(REPO / "configs" / "tiny_ar.yaml"),
+            *common,
+            f"trainer.run_dir={tmp_path / 'torchrun'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    multi = json.loads((tmp_path / "torchrun" / "summary.json").read_text())
+    assert multi["status"] == "finished" and multi["state"]["samples_seen"] == 3 * 4 * 2
+
+
+def test_resume_with_another_world_size_through_universal_checkpoint(shards, tmp_path):
+    """A ZeRO-2 checkpoint of 2 ranks resumes on 1 rank with the same global batch."""
+    run = tmp_path / "run"
+    common = (
+        "trainer.max_steps=5",
+        "trainer.log_every=1",
+        "trainer.val_every=0",
+        "checkpoint.every=0",
+    )
+    _train("tiny_mlm.yaml", shards["mlm"], run, *common, extra=("--stop-at-step", "2"))
+    run_perceiver(
+        [
+            "train",
+            str(REPO / "configs" / "tiny_mlm.yaml"),
+            f"data.dir={shards['mlm']}",
+            f"trainer.run_dir={run}",
+            "logging.progress_bar=false",
+            *common,
+            "trainer.micro_batch_size=2",
+            "trainer.grad_accum_steps=4",
+        ]
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumed_from"].endswith("step_00000002")
+    assert summary["state"]["samples_seen"] == 5 * 8  # 2 ranks x 4, then 1 rank x 2 x 4
+    assert (run / "checkpoints" / "step_00000002.universal").is_dir()
+    losses = _losses(run)
+    assert sorted(losses) == [1, 2, 3, 4, 5] and all(math.isfinite(v) for v in losses.values())
