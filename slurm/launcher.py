@@ -34,7 +34,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +97,7 @@ def _warning_signal() -> int:
 def summarize_result(result: Any, environ: Mapping[str, str]) -> dict[str, Any]:
     """The ``summary.json`` written when training returns (same keys as ``perceiver train``)."""
     return {
-        "status": result.status,
-        "state": asdict(result.state),
-        "run_dir": str(result.run_dir),
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "first_loss": result.first_loss,
-        "last_loss": result.last_loss,
-        "val_metrics": result.val_metrics,
-        "num_params": result.num_params,
-        "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+        **result.to_dict(),
         "slurm_job_id": lifecycle.job_id_of(environ),
         "slurm_restart_count": lifecycle.restart_count(environ),
     }

@@ -218,17 +218,29 @@ class PerceiverAR(nn.Module):
     def __init__(self, cfg: PerceiverARConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        c, h = cfg.num_channels, cfg.num_heads
-        no_bias = dict(qkv_bias=False, out_bias=False, mlp_bias=False)
-        dropouts = dict(dropout=cfg.dropout, residual_dropout=cfg.residual_dropout)
+        c = cfg.num_channels
+        common = dict(
+            qk_channels=c,
+            v_channels=c,
+            num_heads=cfg.num_heads,
+            dropout=cfg.dropout,
+            residual_dropout=cfg.residual_dropout,
+            qkv_bias=False,
+            out_bias=False,
+            mlp_bias=False,
+        )
         self.token_embedding = nn.Embedding(cfg.vocab_size, c)
         self.position_embedding = nn.Embedding(cfg.max_seq_len, c) if cfg.abs_pos_emb else None
         self.cross_attention = CrossAttentionLayer(
-            c, c, c, c, h, cfg.cross_attention_widening_factor, True, **dropouts, **no_bias
+            q_dim=c,
+            kv_dim=c,
+            widening_factor=cfg.cross_attention_widening_factor,
+            use_query_residual=True,
+            **common,
         )
         self.self_attention_layers = nn.ModuleList(
             SelfAttentionLayer(
-                c, c, c, h, cfg.self_attention_widening_factor, True, **dropouts, **no_bias
+                dim=c, widening_factor=cfg.self_attention_widening_factor, causal=True, **common
             )
             for _ in range(cfg.num_self_attention_layers)
         )
