@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.models.attention import CrossAttentionLayer, SelfAttentionLayer, padding_mask_or_none
 from pretrain.models.flops import (
     cross_attention_layer_flops,
     cross_attention_layer_params,
@@ -30,7 +29,7 @@ from pretrain.models.flops import (
     self_attention_layer_flops,
     self_attention_layer_params,
 )
-from pretrain.models.perceiver_io import PerceiverIOConfig
+from pretrain.models.perceiver_io import PerceiverIOConfig, PerceiverIOEncoder
 
 
 @dataclass
@@ -107,7 +106,7 @@ class PerceiverClassifierConfig(PerceiverIOConfig):
         return 3 * forward
 
 
-class PerceiverClassifier(nn.Module):
+class PerceiverClassifier(PerceiverIOEncoder):
     """Perceiver IO encoder + class-query decoder + 2-layer MLP head (see the module docstring).
 
     Args:
@@ -116,44 +115,10 @@ class PerceiverClassifier(nn.Module):
     """
 
     def __init__(self, cfg: PerceiverClassifierConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        c, d = cfg.num_input_channels, cfg.num_latent_channels
-        self.token_embedding = nn.Embedding(cfg.vocab_size, c)
-        self.position_embedding = nn.Embedding(cfg.max_seq_len, c)
-        self.latents = nn.Parameter(torch.empty(cfg.num_latents, d))
-        self.cross_attention = CrossAttentionLayer(
-            q_dim=d,
-            kv_dim=c,
-            qk_channels=cfg.cross_attention_qk_channels,
-            v_channels=cfg.cross_attention_v_channels,
-            num_heads=cfg.num_cross_attention_heads,
-            widening_factor=cfg.cross_attention_widening_factor,
-            use_query_residual=cfg.use_query_residual,
-            dropout=cfg.dropout,
-        )
-        self.self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(
-                dim=d,
-                qk_channels=cfg.self_attention_qk_channels,
-                v_channels=cfg.self_attention_v_channels,
-                num_heads=cfg.num_self_attention_heads,
-                widening_factor=cfg.self_attention_widening_factor,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.num_self_attention_layers_per_block)
-        )
+        super().__init__(cfg)
+        c = cfg.num_input_channels
         self.class_query = nn.Parameter(torch.empty(1, c))
-        self.decoder_cross_attention = CrossAttentionLayer(
-            q_dim=c,
-            kv_dim=d,
-            qk_channels=cfg.decoder_qk_channels,
-            v_channels=c,
-            num_heads=cfg.num_decoder_heads,
-            widening_factor=1,
-            use_query_residual=False,
-            dropout=cfg.dropout,
-        )
+        self.decoder_cross_attention = self.decoder_cross_attention_layer()
         self.head_fc1 = nn.Linear(c, cfg.head_channels)
         self.head_dropout = nn.Dropout(cfg.head_dropout)
         self.head_fc2 = nn.Linear(cfg.head_channels, cfg.num_classes)
@@ -161,38 +126,8 @@ class PerceiverClassifier(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """N(0, init_scale) for weights, embeddings, latents and the class query (as the MLM)."""
-        std = self.cfg.init_scale
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(self.latents, std=std)
-        nn.init.normal_(self.class_query, std=std)
-
-    def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Embeds the tokens and returns the processed latents z_bnD (as `PerceiverMLM.encode`).
-
-        Args:
-            input_ids: long [b, s] with s <= max_seq_len.
-            attention_mask: Optional bool [b, s], True = real token (padding is never attended).
-        """
-        b, s = input_ids.shape
-        if s > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {s} exceeds max_seq_len {self.cfg.max_seq_len}")
-        x_bsc = self.token_embedding(input_ids) + self.position_embedding.weight[:s]
-        latents_bnd = self.latents.expand(b, -1, -1)
-        mask_bs = padding_mask_or_none(attention_mask)
-        z_bnd = self.cross_attention(latents_bnd, x_bsc, key_padding_mask_bm=mask_bs)
-        for _ in range(self.cfg.num_self_attention_blocks):
-            for layer in self.self_attention_layers:
-                z_bnd = layer(z_bnd)
-        return z_bnd
+        super().init_weights()
+        nn.init.normal_(self.class_query, std=self.cfg.init_scale)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Class logits (or the regression output).

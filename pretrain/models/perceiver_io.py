@@ -170,12 +170,15 @@ class PerceiverIOConfig:
         return 3 * forward
 
 
-class PerceiverMLM(nn.Module):
-    """Perceiver IO masked language model (see the module docstring for the data flow).
+class PerceiverIOEncoder(nn.Module):
+    """The Perceiver IO encoder shared by every task head: token + position embeddings, learned
+    latents, the encoder cross-attention and the latent self-attention stack.
+
+    Heads subclass it and add their decoder; parameter names stay those of `PerceiverMLM`, so
+    pretrained encoder weights load unchanged into any head.
 
     Args:
-        cfg: Model hyperparameters. Parameters are allocated but not initialised: call
-            `init_weights()` (allows construction on the meta device).
+        cfg: Model hyperparameters (the encoder fields of `PerceiverIOConfig`).
     """
 
     def __init__(self, cfg: PerceiverIOConfig) -> None:
@@ -206,22 +209,25 @@ class PerceiverMLM(nn.Module):
             )
             for _ in range(cfg.num_self_attention_layers_per_block)
         )
-        self.output_queries = nn.Parameter(torch.empty(cfg.max_seq_len, c))
-        self.decoder_cross_attention = CrossAttentionLayer(
-            q_dim=c,
-            kv_dim=d,
+
+    def decoder_cross_attention_layer(self) -> CrossAttentionLayer:
+        """The decoder cross-attention of the MLM (queries of `num_input_channels`)."""
+        cfg = self.cfg
+        return CrossAttentionLayer(
+            q_dim=cfg.num_input_channels,
+            kv_dim=cfg.num_latent_channels,
             qk_channels=cfg.decoder_qk_channels,
-            v_channels=c,
+            v_channels=cfg.num_input_channels,
             num_heads=cfg.num_decoder_heads,
             widening_factor=1,
             use_query_residual=False,
             dropout=cfg.dropout,
         )
-        self.output_bias = nn.Parameter(torch.empty(cfg.vocab_size))
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """HF initialisation: N(0, init_scale) for weights, embeddings, latents and queries."""
+        """HF initialisation: N(0, init_scale) for weights, embeddings and latents; heads extend
+        it for their own parameters."""
         std = self.cfg.init_scale
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -234,8 +240,6 @@ class PerceiverMLM(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.latents, std=std)
-        nn.init.normal_(self.output_queries, std=std)
-        nn.init.zeros_(self.output_bias)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Embeds the tokens and returns the processed latents z_bnD.
@@ -255,6 +259,28 @@ class PerceiverMLM(nn.Module):
             for layer in self.self_attention_layers:
                 z_bnd = layer(z_bnd)
         return z_bnd
+
+
+class PerceiverMLM(PerceiverIOEncoder):
+    """Perceiver IO masked language model (see the module docstring for the data flow).
+
+    Args:
+        cfg: Model hyperparameters. Parameters are allocated but not initialised: call
+            `init_weights()` (allows construction on the meta device).
+    """
+
+    def __init__(self, cfg: PerceiverIOConfig) -> None:
+        super().__init__(cfg)
+        self.output_queries = nn.Parameter(torch.empty(cfg.max_seq_len, cfg.num_input_channels))
+        self.decoder_cross_attention = self.decoder_cross_attention_layer()
+        self.output_bias = nn.Parameter(torch.empty(cfg.vocab_size))
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """HF initialisation: N(0, init_scale) for weights, embeddings, latents and queries."""
+        super().init_weights()
+        nn.init.normal_(self.output_queries, std=self.cfg.init_scale)
+        nn.init.zeros_(self.output_bias)
 
     def decode(self, z_bnd: Tensor, queries_bkc: Tensor) -> Tensor:
         """Cross-attends decoder queries (rows of `output_queries`) to the latents z_bnD.
