@@ -322,6 +322,20 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x_bnc)))
 
 
+@torch.no_grad()
+def init_standard_weights(root: nn.Module, std: float) -> None:
+    """HF-style initialisation of every submodule: N(0, std) for Linear and Embedding weights,
+    zero biases, unit LayerNorm scales. Models add their own learned vectors afterwards."""
+    for module in root.modules():
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 class CrossAttentionLayer(nn.Module):
     """Pre-LayerNorm cross-attention followed by a pre-LayerNorm MLP (HF `PerceiverLayer`).
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.models.attention import CrossAttentionLayer, SelfAttentionLayer
+from pretrain.models.attention import CrossAttentionLayer, SelfAttentionLayer, init_standard_weights
 from pretrain.models.flops import (
     cross_attention_layer_flops,
     cross_attention_layer_params,
@@ -417,14 +417,7 @@ class PerceiverMultimodal(nn.Module):
     def init_weights(self) -> None:
         """HF initialisation: N(0, init_scale) weights and learned vectors, zero biases."""
         std = self.cfg.init_scale
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_standard_weights(self, std)
         vectors = [self.latents, self.label_mask_token, self.label_query]
         for p in [*vectors, *self.input_padding.values(), *self.query_padding.values()]:
             nn.init.normal_(p, std=std)

@@ -29,6 +29,7 @@ from pretrain.models.attention import (
     Rope,
     SelfAttentionLayer,
     causal_mask,
+    init_standard_weights,
     padding_mask_or_none,
     rotary_embedding,
 )
@@ -251,12 +252,7 @@ class PerceiverAR(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         """N(0, init_scale) weights and embeddings, zero biases, unit LayerNorm scales."""
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=self.cfg.init_scale)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_standard_weights(self, self.cfg.init_scale)
         nn.init.zeros_(self.output_bias)
 
     def _rope(self, positions_bn: Tensor) -> Rope | None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from pretrain.models.attention import (
     CrossAttentionLayer,
     SelfAttentionLayer,
+    init_standard_weights,
     padding_mask_or_none,
 )
 from pretrain.models.flops import (
@@ -228,18 +229,8 @@ class PerceiverIOEncoder(nn.Module):
     def init_weights(self) -> None:
         """HF initialisation: N(0, init_scale) for weights, embeddings and latents; heads extend
         it for their own parameters."""
-        std = self.cfg.init_scale
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=std)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.normal_(self.latents, std=std)
+        init_standard_weights(self, self.cfg.init_scale)
+        nn.init.normal_(self.latents, std=self.cfg.init_scale)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Embeds the tokens and returns the processed latents z_bnD.
