@@ -62,6 +62,7 @@ def spawn_local(argv: list[str], nproc: int) -> int:
             LOCAL_WORLD_SIZE=str(nproc),
             MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
+            PERCEIVER_SPAWNED_RANK="1",
         )
         procs.append(subprocess.Popen([sys.executable, "-m", "pretrain.cli", *argv], env=env))
 
@@ -103,7 +104,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pretrain.objectives import check_data
 
     check_data(cfg)  # refuse shards that do not fit the model before any process starts
-    if args.nproc_per_node and "RANK" not in os.environ:
+    if args.nproc_per_node and not os.environ.get("PERCEIVER_SPAWNED_RANK"):
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "SLURM_PROCID" not in os.environ:
+            print(
+                "error: --nproc-per-node spawns its own ranks, but this process was already "
+                f"started by a launcher (RANK={os.environ['RANK']}, WORLD_SIZE="
+                f"{os.environ['WORLD_SIZE']}); drop --nproc-per-node or the launcher",
+                file=sys.stderr,
+            )
+            return 2
         argv = ["train", args.config, *args.overrides]
         if args.stop_at_step is not None:
             argv += ["--stop-at-step", str(args.stop_at_step)]

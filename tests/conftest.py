@@ -18,6 +18,37 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("DS_BIND_CORES_TO_RANK", "0")
 
 
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+_SESSION_DIST_ENV = {k: os.environ.get(k) for k in DIST_VARS}
+
+
+def _restore_dist_env() -> None:
+    for k, v in _SESSION_DIST_ENV.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _isolate_distributed_env():
+    """Tests (and module fixtures) that set up streaming write rank variables into this process;
+    reset them around every test so no later subprocess inherits a stale RANK/WORLD_SIZE."""
+    _restore_dist_env()
+    yield
+    _restore_dist_env()
+
+
+def clean_env(extra: dict | None = None) -> dict[str, str]:
+    """This process's environment without launcher variables, for starting `perceiver`."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env.update(PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu")
+    env.update(extra or {})
+    return env
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` (real public samples); skip where it is absent (a user's machine)."""
@@ -36,7 +67,7 @@ def run_perceiver(
     args: list[str], cwd: Path | None = None, timeout: int = 600, env: dict | None = None
 ):
     """Run the ``perceiver`` CLI in a subprocess; fail the test with its output on error."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", **(env or {})}
+    full_env = clean_env(env)
     proc = subprocess.run(
         [sys.executable, "-m", "pretrain.cli", *args],
         cwd=cwd or REPO,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, free_port, run_perceiver
+from tests.conftest import REPO, clean_env, free_port, run_perceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
@@ -147,7 +147,6 @@ def test_shards_that_do_not_fit_the_model_are_refused_before_training(shards, tm
 
 def test_single_process_and_torchrun_launches(shards, tmp_path):
     """Without a launcher (1 process) and under torchrun (2 processes) the same CLI trains."""
-    import os
     import subprocess
     import sys
 
@@ -169,7 +168,7 @@ def test_single_process_and_torchrun_launches(shards, tmp_path):
     single = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert single["status"] == "finished" and single["state"]["samples_seen"] == 3 * 4
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu"}
+    env = clean_env()
     proc = subprocess.run(
         [
             sys.executable,
@@ -225,3 +224,28 @@ def test_resume_with_another_world_size_through_universal_checkpoint(shards, tmp
     assert (run / "checkpoints" / "step_00000002.universal").is_dir()
     losses = _losses(run)
     assert sorted(losses) == [1, 2, 3, 4, 5] and all(math.isfinite(v) for v in losses.values())
+
+
+def test_nproc_per_node_under_another_launcher_is_refused(shards, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pretrain.cli",
+            "train",
+            str(REPO / "configs" / "tiny_ar.yaml"),
+            f"data.dir={shards['ar']}",
+            f"trainer.run_dir={tmp_path / 'run'}",
+            "--nproc-per-node",
+            "2",
+        ],
+        cwd=REPO,
+        env=clean_env({"RANK": "0", "WORLD_SIZE": "2"}),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "already started by a launcher" in proc.stderr
+    assert not (tmp_path / "run").exists()
