@@ -71,11 +71,10 @@ def format_report(summaries: dict[str, dict], out_dir: Path) -> str:
     lines = ["", "=" * 72, "Demo finished", "=" * 72]
     for objective, s in summaries.items():
         val = s["val_metrics"]
-        metric = (
-            f"val bits/byte {val['val/bits_per_byte']:.3f}"
-            if "val/bits_per_byte" in val
-            else f"val masked-byte accuracy {val.get('val/accuracy', float('nan')):.3f}"
-        )
+        if objective == "ar":
+            metric = f"val bits/byte {val.get('val/bits_per_byte', float('nan')):.3f}"
+        else:
+            metric = f"val masked-byte accuracy {val.get('val/accuracy', float('nan')):.3f}"
         lines += [
             f"{objective.upper()}: {s['num_params']:,} parameters, {s['state']['step']} steps, "
             f"{s['state']['tokens_seen']:,} tokens seen",
