@@ -8,33 +8,20 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain.models.perceiver_ar import PerceiverAR, PerceiverARConfig
-from pretrain.models.perceiver_io import PerceiverIOConfig, PerceiverMLM
+from pretrain.models.perceiver_io import PerceiverMLM
 from pretrain.parallelize import (
     apply_activation_checkpointing,
     checkpointed_layer_indices,
     parallelize_model,
     unwrapped_layer,
 )
+from tests.pretrain.test_perceiver_io import tiny_config
 
 
 def tiny_mlm() -> PerceiverMLM:
-    cfg = PerceiverIOConfig(
-        vocab_size=30,
-        max_seq_len=16,
-        num_input_channels=16,
-        num_latents=6,
-        num_latent_channels=32,
-        num_cross_attention_heads=2,
-        num_self_attention_heads=4,
-        cross_attention_qk_channels=16,
-        cross_attention_v_channels=32,
-        self_attention_qk_channels=16,
-        self_attention_v_channels=32,
-        num_self_attention_layers_per_block=3,
-        num_self_attention_blocks=2,
-        dropout=0.1,
+    return PerceiverMLM(
+        tiny_config(num_self_attention_layers_per_block=3, num_self_attention_blocks=2, dropout=0.1)
     )
-    return PerceiverMLM(cfg)
 
 
 def tiny_ar() -> PerceiverAR:
