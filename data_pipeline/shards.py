@@ -138,21 +138,22 @@ def check_manifest(
     return manifest
 
 
-def iter_samples(
+def iter_stored_samples(
     data_dir: str | os.PathLike[str], split: str, limit: int | None = None
-) -> Iterator[np.ndarray]:
-    """Reads the samples of one split in storage order, in memory, without touching the files.
+) -> Iterator[dict[str, Any]]:
+    """Reads the samples (all columns) of one split in storage order, in memory, without
+    touching the files.
 
     (`StreamingDataset` reading a local directory writes decompressed shard copies next to the
     compressed ones; this reader does not, so it is safe on read-only or shared directories.)
 
     Args:
-        data_dir: A shard directory.
+        data_dir: A shard directory (text or video).
         split: `"train"` or `"val"`.
         limit: Stop after this many samples.
 
     Yields:
-        `uint16` arrays of `sample_len` ids.
+        Samples as stored, one dict of columns each.
     """
     from streaming.base.compression import decompress
     from streaming.base.format import reader_from_json
@@ -176,8 +177,20 @@ def iter_samples(
         for begin, end in zip(offsets[:-1], offsets[1:]):
             if limit is not None and count >= limit:
                 return
-            yield reader.decode_sample(raw[begin:end])["tokens"]
+            yield reader.decode_sample(raw[begin:end])
             count += 1
+
+
+def iter_samples(
+    data_dir: str | os.PathLike[str], split: str, limit: int | None = None
+) -> Iterator[np.ndarray]:
+    """The token arrays of one split in storage order (see `iter_stored_samples`).
+
+    Yields:
+        Arrays of `sample_len` ids.
+    """
+    for sample in iter_stored_samples(data_dir, split, limit):
+        yield sample["tokens"]
 
 
 def _dir_bytes(path: Path) -> int:

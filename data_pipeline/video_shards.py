@@ -48,6 +48,7 @@ from data_pipeline.shards import (
     _fsync_tree,
     _publish,
     _tool_version,
+    iter_stored_samples,
     read_manifest,
 )
 from data_pipeline.video import (
@@ -356,27 +357,7 @@ def iter_video_samples(
     Yields:
         Samples as stored (``frames`` a list of PIL images for JPEG shards).
     """
-    from streaming.base.compression import decompress
-    from streaming.base.format import reader_from_json
-
-    root = Path(data_dir)
-    index = json.loads((root / split / "index.json").read_text(encoding="utf-8"))
-    count = 0
-    for info in index["shards"]:
-        reader = reader_from_json(str(root), split, info)
-        zip_info = info.get("zip_data")
-        if zip_info:
-            raw = decompress(
-                info["compression"], (root / split / zip_info["basename"]).read_bytes()
-            )
-        else:
-            raw = (root / split / info["raw_data"]["basename"]).read_bytes()
-        offsets = np.frombuffer(raw, np.uint32, count=info["samples"] + 1, offset=4)
-        for begin, end in zip(offsets[:-1], offsets[1:]):
-            if limit is not None and count >= limit:
-                return
-            yield reader.decode_sample(raw[begin:end])
-            count += 1
+    yield from iter_stored_samples(data_dir, split, limit)
 
 
 def _frames_array(frames: Any) -> np.ndarray:
