@@ -59,6 +59,7 @@ _PAGE_END = b"</page>"
 _NAMESPACE = re.compile(rb"<namespace[^>]*>([^<]+)</namespace>")
 _REDIRECT_TEXT = re.compile(r"\s*#redirect\b", re.I)
 _TITLE = re.compile(rb"<title>([^<]*)</title>")
+_END_OF_DUMP = re.compile(rb"\s*(?:</mediawiki>\s*)?\Z")
 
 
 @dataclass
@@ -128,7 +129,7 @@ def iter_dump_chunks(
             page_end = search = end + marker
             if page_end - start >= chunk_bytes:
                 yield DumpChunk(
-                    index, base + start, bytes(buf[start:page_end]), namespaces, pending
+                    index, base + start, bytes(memoryview(buf)[start:page_end]), namespaces, pending
                 )
                 index, start, pending = index + 1, page_end, []
         search = max(search, len(buf) - marker + 1)
@@ -138,7 +139,7 @@ def iter_dump_chunks(
         if len(buf) - page_end > max_page:  # an enormous page: hand out what precedes, skip it
             if page_end > start:
                 yield DumpChunk(
-                    index, base + start, bytes(buf[start:page_end]), namespaces, pending
+                    index, base + start, bytes(memoryview(buf)[start:page_end]), namespaces, pending
                 )
                 index, pending = index + 1, []
             pending.append(_skip_page(buf, page_end, base, path, max_doc_bytes))
@@ -164,9 +165,8 @@ def iter_dump_chunks(
         block = _read(stream, path, base + len(buf), pending)
         eof = not block
         buf += block
-    rest = bytes(buf[start:])
-    if rest.strip().removesuffix(b"</mediawiki>").strip() or pending:
-        yield DumpChunk(index, base + start, rest, namespaces, pending)
+    if not _END_OF_DUMP.match(buf, start) or pending:
+        yield DumpChunk(index, base + start, bytes(memoryview(buf)[start:]), namespaces, pending)
 
 
 def _read(stream, path: str, offset: int, pending: list[Rejected]) -> bytes:
@@ -207,8 +207,8 @@ def parse_page(
     except ET.ParseError as err:
         return Rejected(path, where, "invalid_xml", f"{where}: invalid page XML: {err}")
     title = element.findtext("title") or ""
-    label = f"{where} ({title!r})"
     ns = element.findtext("ns")
+    label = f"{where} ({title!r})"
     prefix, colon, _ = title.partition(":")
     if (ns is not None and ns.strip() != "0") or (
         ns is None and colon and prefix.strip().lower() in {n.lower() for n in namespaces}

@@ -55,6 +55,32 @@ def test_chunks_do_not_change_the_records(tmp_path):
         assert records == expected
 
 
+def test_invalid_page_xml_is_rejected_and_the_rest_kept(tmp_path):
+    data = mediawiki_xml(wiki_pages())
+    first_text = data.index(b"<text")
+    broken = (
+        data[:first_text] + b"<text>a < b &undefined;" + data[data.index(b">", first_text) + 1 :]
+    )
+    path = tmp_path / "broken.xml"
+    path.write_bytes(broken)
+    records = list(read_dump(path))
+    assert summary(records)[0] == ("invalid_xml", f"{path}@{data.index(b'<page>')}")
+    assert "invalid page XML" in records[0].detail
+    assert [k for k, _ in summary(records)][1:] == [
+        "redirect", "non_article", "non_article", "doc", "no_prose", "doc"
+    ]  # fmt: skip
+
+
+def test_dump_ending_after_the_last_page(tmp_path):
+    data = mediawiki_xml(wiki_pages())
+    expected = summary(read_dump(write_dump(tmp_path / "a.xml")))
+    for tail in (b"", b"\n\n", b"</mediawiki>\n  \n"):
+        path = tmp_path / "b.xml"
+        path.write_bytes(data.removesuffix(b"</mediawiki>\n") + tail)
+        got = [(kind, where.replace("b.xml", "a.xml")) for kind, where in summary(read_dump(path))]
+        assert got == expected
+
+
 def test_truncated_plain_dump_reports_the_cut_page(tmp_path):
     data = mediawiki_xml(wiki_pages())
     cut = data.index("Ünïcode".encode()) + 40  # inside the last page, like enwik8's end

@@ -30,6 +30,14 @@ def test_fixture_article():
         ("a<br/>b<br>c", "a\nb\nc"),
         ("* one\n** two\n# three\n: four\n; five", "one\ntwo\nthree\nfour\nfive"),
         ("unclosed {{template\nstill text", "unclosed template\nstill text"),  # kept as text
+        ("a {{Infobox|x={{Lang|fr|mot}}|y={{not_a_typo|z}}}} b", "a b"),  # kept inside dropped
+        ("{{Not a typo|teh}} {{LANG-de|Wort}} {{nowrap}} {{small|s}}", "teh Wort s"),
+        ("x {| a {{y|}} |} z", "x z"),  # a template's "|}" is not the table's end
+        ("a {| unclosed {| inner |} b", "a {| unclosed b"),  # closed tables inside still go
+        ("p {| a {| b {| c |} |} |} q {| d |} r", "p q r"),
+        ("a <ref>x <b>y</b> z</ref> b <REF name=n /> c <ref>open", "a b c"),
+        ("a <!-- x <ref>y</ref> --> b <!-- open", "a b"),
+        ("x\ty  z , w ( ) . v", "x y z, w. v"),  # spaces collapse, none before punctuation
     ],
 )
 def test_markup(wikitext, expected):
