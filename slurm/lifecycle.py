@@ -95,20 +95,27 @@ def resolve_run_paths(cfg: Any, base: str | Path | None = None) -> Any:
     """Make the run's paths absolute (relative to ``base``, default the current directory).
 
     A job may start in another directory than the one it was submitted from, so the config the
-    job sees names ``trainer.run_dir``, ``data.dir``, ``checkpoint.dir`` and ``data.cache_dir``
-    absolutely. Modifies and returns ``cfg``.
+    job sees names every path absolutely: ``trainer.run_dir``, ``data.dir``, ``data.cache_dir``,
+    ``checkpoint.dir``, a ``checkpoint.resume`` path, ``checkpoint.init_from``,
+    ``probes.glue_dir`` and the model of an ``spm:PATH`` GLUE tokenizer. Remote URLs (``s3://``)
+    stay as they are; ``data.mixture`` dirs are relative to ``data.dir`` by design. Modifies and
+    returns ``cfg``.
     """
     root = Path(base or os.getcwd())
 
-    def absolute(p: str) -> str:
+    def absolute(p: str | None) -> str | None:
         return str((root / p).resolve()) if p and "://" not in p else p
 
     cfg.trainer.run_dir = absolute(cfg.trainer.run_dir)
     cfg.data.dir = absolute(cfg.data.dir)
-    if cfg.checkpoint.dir:
-        cfg.checkpoint.dir = absolute(cfg.checkpoint.dir)
-    if cfg.data.cache_dir:
-        cfg.data.cache_dir = absolute(cfg.data.cache_dir)
+    cfg.data.cache_dir = absolute(cfg.data.cache_dir)
+    cfg.checkpoint.dir = absolute(cfg.checkpoint.dir)
+    if cfg.checkpoint.resume not in ("auto", "none"):
+        cfg.checkpoint.resume = absolute(cfg.checkpoint.resume)
+    cfg.checkpoint.init_from = absolute(cfg.checkpoint.init_from)
+    cfg.probes.glue_dir = absolute(cfg.probes.glue_dir)
+    if cfg.glue.tokenizer.startswith("spm:"):
+        cfg.glue.tokenizer = "spm:" + absolute(cfg.glue.tokenizer.removeprefix("spm:"))
     return cfg
 
 

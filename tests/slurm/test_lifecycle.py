@@ -148,3 +148,33 @@ def test_job_id_of():
     array = {"SLURM_JOB_ID": "16", "SLURM_ARRAY_JOB_ID": "15", "SLURM_ARRAY_TASK_ID": "0"}
     assert lifecycle.job_id_of(array) == "15_0"
     assert lifecycle.job_id_of({}) == ""
+
+
+def test_resolve_run_paths_makes_every_path_absolute(tmp_path):
+    from pretrain.config import load_config
+
+    cfg = load_config(
+        REPO / "configs" / "tiny_mlm.yaml",
+        [
+            "data.dir=shards", "data.cache_dir=cache", "trainer.run_dir=runs/x",
+            "checkpoint.dir=ckpt", "checkpoint.resume=runs/old/checkpoints/step_10",
+            "checkpoint.init_from=exports/base", "glue.tokenizer=spm:tok/spm.model",
+            "probes.every=5", "probes.glue_dir=glue_data",
+        ],
+    )  # fmt: skip
+    lifecycle.resolve_run_paths(cfg, tmp_path)
+    assert cfg.data.dir == str(tmp_path / "shards")
+    assert cfg.data.cache_dir == str(tmp_path / "cache")
+    assert cfg.trainer.run_dir == str(tmp_path / "runs/x")
+    assert cfg.checkpoint.dir == str(tmp_path / "ckpt")
+    assert cfg.checkpoint.resume == str(tmp_path / "runs/old/checkpoints/step_10")
+    assert cfg.checkpoint.init_from == str(tmp_path / "exports/base")
+    assert cfg.glue.tokenizer == f"spm:{tmp_path / 'tok/spm.model'}"
+    assert cfg.probes.glue_dir == str(tmp_path / "glue_data")
+    # Unset paths, keywords and remote URLs are left alone.
+    cfg = load_config(REPO / "configs" / "tiny_mlm.yaml", ["data.dir=s3://bucket/shards"])
+    lifecycle.resolve_run_paths(cfg, tmp_path)
+    assert cfg.data.dir == "s3://bucket/shards"
+    assert (cfg.checkpoint.resume, cfg.checkpoint.init_from, cfg.glue.tokenizer) == (
+        "auto", "", "byte"
+    )  # fmt: skip
