@@ -145,16 +145,9 @@ def add_slurm_subcommands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m slurm.cli submit|status ...`` (the same as ``perceiver submit|status``)."""
-    from pretrain.config import ConfigError
+    from pretrain.cli import main as perceiver_main
 
-    parser = argparse.ArgumentParser(prog="perceiver")
-    add_slurm_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return perceiver_main(argv)
 
 
 if __name__ == "__main__":

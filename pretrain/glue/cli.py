@@ -226,14 +226,9 @@ def add_glue_subcommands(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m pretrain.glue.cli ...`` (the same as ``perceiver ...``)."""
-    parser = argparse.ArgumentParser(prog="perceiver")
-    add_glue_subcommands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from pretrain.cli import main as perceiver_main
+
+    return perceiver_main(argv)
 
 
 if __name__ == "__main__":
