@@ -28,13 +28,7 @@ from typing import Any
 
 from data_pipeline.packing import sample_len_for
 from data_pipeline.shards import read_manifest
-from data_pipeline.streaming import (
-    _cache_dir,
-    _split_info,
-    build_dataloader,
-    ensure_distributed_env,
-    ignore_stop_signals,
-)
+from data_pipeline.streaming import build_dataloader, ignore_stop_signals, streams_dataset
 
 __all__ = [
     "InterleavedLoader",
@@ -177,7 +171,7 @@ def build_mixture_dataloader(
     Raises:
         ValueError: For an empty mixture, duplicate names, or datasets that do not fit together.
     """
-    from streaming import Stream, StreamingDataLoader, StreamingDataset
+    from streaming import StreamingDataLoader
 
     from data_pipeline.collators import stack_tokens
 
@@ -188,22 +182,15 @@ def build_mixture_dataloader(
     proportions = _normalised(sources)
     roots = [Path(s.data_dir).absolute() for s in sources]
     check_datasets(roots)
-    ensure_distributed_env()
-    streams = []
-    for root, proportion in zip(roots, proportions):
-        _split_info(root, split)
-        if cache_root is None:
-            remote, local = None, str(root / split)
-        else:
-            remote, local = str(root / split), _cache_dir(cache_root, root, split)
-        streams.append(Stream(remote=remote, local=local, proportion=proportion))
-    dataset = StreamingDataset(
-        streams=streams,
+    dataset = streams_dataset(
+        list(zip(roots, proportions)),
+        split,
+        batch_size,
         shuffle=shuffle,
-        shuffle_seed=seed,
-        batch_size=batch_size,
+        seed=seed,
+        cache_root=cache_root,
         epoch_size=epoch_size,
-        predownload=predownload if predownload is not None else 8 * batch_size,
+        predownload=predownload,
         num_canonical_nodes=num_canonical_nodes,
         shuffle_block_size=shuffle_block_size,
     )

@@ -57,7 +57,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from streaming import StreamingDataLoader, StreamingDataset
+from streaming import Stream, StreamingDataLoader, StreamingDataset
 from streaming.base.util import clean_stale_shared_memory
 
 from data_pipeline.collators import stack_tokens
@@ -188,16 +188,51 @@ def build_dataset(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    return streams_dataset(
+        [(Path(data_dir), None)],
+        split,
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        cache_root=cache_root,
+        epoch_size=epoch_size,
+        predownload=predownload,
+        num_canonical_nodes=num_canonical_nodes,
+        shuffle_block_size=shuffle_block_size,
+    )
+
+
+def streams_dataset(
+    datasets: list[tuple[Path, float | None]],
+    split: str,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+    cache_root: str | os.PathLike[str] | None,
+    epoch_size: int | None,
+    predownload: int | None,
+    num_canonical_nodes: int | None,
+    shuffle_block_size: int | None,
+) -> StreamingDataset:
+    """One `StreamingDataset` over the `split` of shard directories, one `Stream` each.
+
+    `datasets` pairs each directory with its proportion (None: its own size); the other
+    arguments are those of `build_dataset`. One dataset is the same as streaming's
+    `remote`/`local` arguments (streaming builds that single `Stream` itself).
+    """
     ensure_distributed_env()
-    root = Path(data_dir).absolute()
-    _split_info(root, split)
-    if cache_root is None:
-        remote, local = None, str(root / split)
-    else:
-        remote, local = str(root / split), _cache_dir(cache_root, root, split)
+    streams = []
+    for data_dir, proportion in datasets:
+        root = Path(data_dir).absolute()
+        _split_info(root, split)
+        if cache_root is None:
+            remote, local = None, str(root / split)
+        else:
+            remote, local = str(root / split), _cache_dir(cache_root, root, split)
+        streams.append(Stream(remote=remote, local=local, proportion=proportion))
     return StreamingDataset(
-        remote=remote,
-        local=local,
+        streams=streams,
         shuffle=shuffle,
         shuffle_seed=seed,
         batch_size=batch_size,

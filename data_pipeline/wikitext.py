@@ -76,7 +76,8 @@ _INNER_TEMPLATE = re.compile(r"\{\{" + _TEMPLATE_REST)
 # An innermost template whose name is not one of the few kept by `_template`: dropped by the
 # regex engine itself, without calling `_template` for each (most templates go).
 _KEPT_NAMES = "|".join(
-    re.escape(name).replace(r"\ ", "[ _]") for name in sorted(_KEEP_TEMPLATES, key=lambda n: (-len(n), n))
+    re.escape(name).replace(r"\ ", "[ _]")
+    for name in sorted(_KEEP_TEMPLATES, key=lambda n: (-len(n), n))
 )
 _DROP_TEMPLATE = re.compile(
     r"\{\{(?![^\S\n]*(?i:lang-|(?:" + _KEPT_NAMES + r")[^\S\n]*\|))" + _TEMPLATE_REST
