@@ -28,7 +28,12 @@ from typing import Any
 
 from data_pipeline.packing import sample_len_for
 from data_pipeline.shards import read_manifest
-from data_pipeline.streaming import build_dataloader, ignore_stop_signals, streams_dataset
+from data_pipeline.streaming import (
+    build_dataloader,
+    collate_for,
+    ignore_stop_signals,
+    streams_dataset,
+)
 
 __all__ = [
     "InterleavedLoader",
@@ -88,6 +93,22 @@ def check_datasets(
         raise ValueError("no datasets given")
     manifests = [(Path(d), read_manifest(d)) for d in data_dirs]
     first_dir, first = manifests[0]
+    kind = first.get("kind", "tokens")
+    for data_dir, manifest in manifests[1:]:
+        if manifest.get("kind", "tokens") != kind:
+            raise ValueError(
+                f"{data_dir} holds {manifest.get('kind', 'tokens')} shards but {first_dir} "
+                f"{kind} shards: a mixture needs one kind"
+            )
+    if kind == "video":
+        for data_dir, manifest in manifests[1:]:
+            for name in ("video", "audio", "classes"):
+                if manifest[name] != first[name]:
+                    raise ValueError(
+                        f"{data_dir} has {name} {manifest[name]} but {first_dir} {first[name]}: "
+                        "a mixture of clips needs one clip geometry and one class list"
+                    )
+        return first
     key = _tokenizer_key(first)
     for data_dir, manifest in manifests[1:]:
         if _tokenizer_key(manifest) != key:
@@ -173,15 +194,13 @@ def build_mixture_dataloader(
     """
     from streaming import StreamingDataLoader
 
-    from data_pipeline.collators import stack_tokens
-
     if not sources:
         raise ValueError("a mixture needs at least one source")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     proportions = _normalised(sources)
     roots = [Path(s.data_dir).absolute() for s in sources]
-    check_datasets(roots)
+    first = check_datasets(roots)
     dataset = streams_dataset(
         list(zip(roots, proportions)),
         split,
@@ -206,7 +225,7 @@ def build_mixture_dataloader(
     return StreamingDataLoader(
         dataset,
         batch_size=batch_size,
-        collate_fn=stack_tokens,
+        collate_fn=collate_for(first),
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin_memory,

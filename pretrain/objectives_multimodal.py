@@ -188,18 +188,27 @@ class MultimodalAutoencodingObjective(Objective):
 
         mc = cfg.model_config()
         splits = [cfg.data.train_split] + ([cfg.data.val_split] if cfg.trainer.val_every else [])
-        try:
-            check_video_manifest(
-                cfg.data.dir,
-                num_frames=mc.num_frames,
-                height=mc.frame_height,
-                width=mc.frame_width,
-                samples_per_frame=mc.audio_samples_per_frame,
-                num_classes=mc.num_classes,
-                splits=splits,
-            )
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            raise ConfigError(f"data.dir: {e}") from None
+        keys = [f"data.mixture[{i}].dir" for i in range(len(cfg.data.mixture))] or ["data.dir"]
+        for key, (_, data_dir, _) in zip(keys, cfg.data.dataset_dirs()):
+            try:
+                check_video_manifest(
+                    data_dir,
+                    num_frames=mc.num_frames,
+                    height=mc.frame_height,
+                    width=mc.frame_width,
+                    samples_per_frame=mc.audio_samples_per_frame,
+                    num_classes=mc.num_classes,
+                    splits=splits[:1] if cfg.data.mixture else splits,  # a mixture's val: any
+                )
+            except (FileNotFoundError, ValueError, KeyError) as e:
+                raise ConfigError(f"{key}: {e}") from None
+        if cfg.data.mixture:
+            from data_pipeline.mixtures import check_datasets
+
+            try:
+                check_datasets([data_dir for _, data_dir, _ in cfg.data.dataset_dirs()])
+            except ValueError as e:
+                raise ConfigError(f"data.mixture: {e}") from None
 
 
 def _side_by_side(frames_thw3: torch.Tensor, recon_thw3: torch.Tensor) -> torch.Tensor:

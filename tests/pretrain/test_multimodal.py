@@ -376,3 +376,54 @@ def test_resume_reproduces_uninterrupted_losses_exactly(tiny_video_shards, tmp_p
     assert summary["resumed_from"].endswith("step_00000003")
     assert sorted(full) == sorted(parts) == list(range(1, 7))
     assert [full[s] for s in range(1, 7)] == [parts[s] for s in range(1, 7)]  # bit-identical
+
+
+@pytest.mark.slow
+def test_video_mixture_trains_and_refuses_mismatched_clips(tiny_video_shards, tmp_path):
+    import shutil
+
+    import yaml
+
+    from data_pipeline.mixtures import check_datasets
+    from pretrain.objectives import check_data
+
+    root = tmp_path / "data"
+    for name in ("kinetics", "other"):
+        shutil.copytree(tiny_video_shards, root / name)
+    raw = yaml.safe_load(TINY.read_text())
+    raw["data"] = {
+        "dir": str(root),
+        "mixture": [
+            {"name": "kinetics", "dir": "kinetics", "proportion": 0.7},
+            {"name": "other", "dir": "other", "proportion": 0.3},
+        ],
+    }
+    config = tmp_path / "mixture.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    run_perceiver(
+        [
+            "train", str(config), f"trainer.run_dir={run}", "logging.progress_bar=false",
+            "logging.tensorboard=false", "trainer.max_steps=2", "trainer.log_every=1",
+            "trainer.val_every=2", "trainer.val_batches=2", "checkpoint.every=0",
+        ]
+    )  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and "val/video_psnr" in summary["val_metrics"]
+
+    # Clips of another geometry: refused before training, naming the mixture entry.
+    manifest_path = root / "other" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["video"]["num_frames"] = 8
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"data.mixture\[1\].dir: .*num_frames=8"):
+        check_data(load_config(config))
+    with pytest.raises(ValueError, match="one clip geometry"):
+        check_datasets([root / "kinetics", root / "other"])
+    text = tmp_path / "text"
+    (text).mkdir()
+    (text / "manifest.json").write_text(
+        json.dumps({**manifest, "kind": "tokens", "format_version": manifest["format_version"]})
+    )
+    with pytest.raises(ValueError, match="a mixture needs one kind"):
+        check_datasets([root / "kinetics", text])
