@@ -21,6 +21,7 @@ real dump has them: they are filtering, not damage), an unparsable page is
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -59,6 +60,7 @@ _PAGE_END = b"</page>"
 _NAMESPACE = re.compile(rb"<namespace[^>]*>([^<]+)</namespace>")
 _REDIRECT_TEXT = re.compile(r"\s*#redirect\b", re.I)
 _TITLE = re.compile(rb"<title>([^<]*)</title>")
+_NS = re.compile(rb"<ns>([^<]*)</ns>")
 _END_OF_DUMP = re.compile(rb"\s*(?:</mediawiki>\s*)?\Z")
 
 
@@ -202,6 +204,9 @@ def parse_page(
         (`invalid_xml`, `non_article`, `redirect`, `no_prose`).
     """
     where = f"{path}@{offset}"
+    skipped = _skip_without_parsing(page, path, where)
+    if skipped is not None:
+        return skipped
     try:
         element = ET.fromstring(page)
     except ET.ParseError as err:
@@ -223,6 +228,32 @@ def parse_page(
     if cleaned == title.strip() or not cleaned:  # templates, tables and lists only
         return Rejected(path, where, "no_prose", f"{label}: no prose left after cleaning")
     return Document(cleaned, path, where)
+
+
+def _skip_without_parsing(page: bytes, path: str, where: str) -> Rejected | None:
+    """The rejection of a page whose metadata says it is not an article, without parsing it.
+
+    Half the pages of a `pages-articles` dump are redirects and many others live outside the
+    main namespace (templates, project pages: some of them huge); their `<ns>` and `<redirect>`
+    come before the revision, so a search of the page's head decides. Pages without `<ns>`
+    (old schemas) are left to the parser.
+    """
+    head_end = page.find(b"<revision")
+    head = page[:head_end] if head_end >= 0 else page
+    ns = _NS.search(head)
+    if ns is None:
+        return None
+    namespace = ns.group(1).strip()
+    redirect = b"<redirect" in head
+    if namespace == b"0" and not redirect:
+        return None
+    title = _TITLE.search(head)
+    name = html.unescape(title.group(1).decode("utf-8", "replace")) if title else "?"
+    label = f"{where} ({name!r})"
+    if namespace != b"0":
+        detail = f"{label}: not an article (namespace {namespace.decode('utf-8', 'replace')})"
+        return Rejected(path, where, "non_article", detail)
+    return Rejected(path, where, "redirect", f"{label}: redirect")
 
 
 def read_chunk(chunk: DumpChunk, path: str, max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES):
