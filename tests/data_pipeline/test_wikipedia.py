@@ -129,3 +129,53 @@ def test_real_enwiki_sample(shared_data):
         assert "{{" not in doc.text and "[[" not in doc.text and "{|" not in doc.text
         assert "<ref" not in doc.text and "'''" not in doc.text
         assert len(doc.text) > 500
+
+
+def _parsed_pages(data: bytes) -> list[tuple[str, str]]:
+    import re
+    import xml.etree.ElementTree as ET
+
+    pages = [ET.fromstring(m.group(0)) for m in re.finditer(rb"<page>.*?</page>", data, re.S)]
+    return [(p.findtext("title"), p.find("revision").findtext("text") or "") for p in pages]
+
+
+@pytest.mark.parametrize("source", ["fixture", "real"])
+def test_dump_path_cleans_like_clean_wikitext(source, tmp_path, request):
+    """Pages are cleaned partly before XML decoding (strip_escaped): same result as cleaning the
+    decoded wikitext."""
+    from data_pipeline.wikitext import clean_wikitext
+
+    if source == "real":
+        path = request.getfixturevalue("shared_data") / "wikipedia_xml"
+        path = path / "enwiki-table-markup.xml.bz2"
+        data = bz2.decompress(path.read_bytes())
+    else:
+        pages = wiki_pages() + [
+            {"title": "Escapes", "ns": 0, "text": 'A <ref name="a&b">x</ref>b &amp;lt; "q" '
+             "{{lang|fr|l'été & co}} <!-- c --> [[x|y & z]] {| t |} end."},
+        ]  # fmt: skip
+        path = write_dump(tmp_path / "dump.xml", pages)
+        data = path.read_bytes()
+    docs = {d.text.split("\n", 1)[0]: d.text for d in read_dump(path) if isinstance(d, Document)}
+    expected = {t: clean_wikitext(text, t) for t, text in _parsed_pages(data)}
+    assert docs and docs == {t: c for t, c in expected.items() if t in docs}
+    if source == "fixture":
+        assert docs["Escapes"] == 'Escapes\n\nA b &lt; "q" l\'été & co y & z end.'
+
+
+def test_character_references_in_the_dump(tmp_path):
+    """Apostrophes or markup a dump writes as character references are cleaned all the same."""
+    text = (
+        "&#39;&#39;&#39;Ref&#39;&#39;&#39; has &#x5B;&#x5B;a link&#x5D;&#x5D;, a&lt;br/&gt;break"
+        " &amp;ndash; and &amp;lt;b&amp;gt; shown."
+    )
+    data = (
+        '<mediawiki>\n  <page>\n    <title>Ref</title>\n    <ns>0</ns>\n    <id>1</id>\n'
+        f'    <revision>\n      <text xml:space="preserve">{text}</text>\n    </revision>\n'
+        "  </page>\n</mediawiki>\n"
+    )  # fmt: skip
+    path = tmp_path / "refs.xml"
+    path.write_text(data)
+    (doc,) = list(read_dump(path))
+    # Brackets written as references are not markup for the structural passes: kept as text.
+    assert doc.text == "Ref\n\nRef has [[a link]], a\nbreak – and <b> shown."
