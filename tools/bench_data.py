@@ -13,7 +13,9 @@
 Inputs are real files when given (`--c4 FILE --wiki FILE`), otherwise generated: C4-like JSON
 lines (documents of log-normal length, mean ~2.2 kB as in C4, sentences from the real C4 and
 Wikipedia samples in ../shared/data when present, else from the Python stdlib's docstrings) and a
-dump of the real enwiki sample's pages repeated under new titles (or synthetic wikitext).
+dump of the real enwiki sample's pages repeated under new titles, half of their prose words
+replaced in each copy so that bzip2 decompresses it at the real sample's speed (or synthetic
+wikitext). The manifest's document counts are printed with the timings.
 
     python -m tools.bench_data --mb 100 --markdown     # from the repository root
 """
