@@ -176,7 +176,6 @@ def _hard_kill(c4_dir, out):
     prepare("c4", [c4_dir], out, seq_len=40)
 
 
-@pytest.mark.skipif(os.name != "posix", reason="needs fork")
 def test_hard_kill_then_resume(c4_dir, tmp_path):
     out = tmp_path / "out"
     proc = multiprocessing.get_context("fork").Process(target=_hard_kill, args=(c4_dir, out))

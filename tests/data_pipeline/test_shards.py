@@ -143,7 +143,6 @@ def _killed_writer(out, docs, length):
     write_shards(documents(), out, ByteTokenizer(), length, 0.25, size_limit=256)
 
 
-@pytest.mark.skipif(os.name != "posix", reason="needs fork")
 def test_hard_kill_never_publishes(tmp_path, caplog, numbered):
     out, length = tmp_path / "out", numbered.sample_len
     args = (out, numbered.documents(), length)

@@ -20,7 +20,7 @@ from pretrain.models.perceiver_io import PerceiverIOConfig, PerceiverMLM
 from tests.conftest import REPO, run_perceiver
 from tests.pretrain.test_export import _tiny
 from tests.pretrain.test_glue_tasks import write_glue_fixture
-from tests.slurm.conftest import _cluster_problem, slurm_env
+from tests.slurm.conftest import require_cluster, slurm_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 FAST = ["glue.max_length=64", "trainer.precision=fp32"]
@@ -28,11 +28,7 @@ FAST = ["glue.max_length=64", "trainer.precision=fp32"]
 
 @pytest.fixture(scope="module")
 def cluster() -> dict[str, str]:
-    problem = _cluster_problem()
-    if problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but no Slurm cluster is usable: {problem}", pytrace=False)
-        pytest.skip(f"no Slurm cluster: {problem}; start one with tools/slurm_cluster.sh")
+    require_cluster()
     return slurm_env()
 
 

@@ -267,8 +267,7 @@ def test_sentencepiece_encoding(tmp_path):
 @pytest.mark.shared_data
 def test_real_glue_files(shared_data):
     glue = shared_data / "glue"
-    if not glue.is_dir():
-        pytest.skip(f"{glue} not found (real GLUE files are only in CI's shared data)")
+    assert glue.is_dir(), f"{glue} not found in the shared data"
     expected = {"cola": 8551, "sst2": 67349, "stsb": 5749, "rte": 2490}
     for name, n in expected.items():
         task = TASKS[name]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, skip_unless_ci
 
 CLUSTER_DIR = Path(os.environ.get("PERCEIVER_SLURM_DIR", "/tmp/perceiver-slurm"))
 
@@ -63,20 +63,20 @@ def _cluster_problem() -> str | None:
     return None
 
 
+def require_cluster() -> None:
+    """Skips the calling test without a usable cluster (fails it under CI=true)."""
+    problem = _cluster_problem()
+    if problem is not None:
+        skip_unless_ci(
+            f"no Slurm cluster is usable: {problem}; start one with `sudo tools/slurm_cluster.sh "
+            "start` (see docs/slurm.md; in CI tools/ci_slurm_setup.sh does)"
+        )
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster() -> None:
     """A reachable Slurm cluster with two nodes; skip (fail under CI=true) without one."""
-    problem = _cluster_problem()
-    if problem is None:
-        return
-    hint = "start one with `sudo tools/slurm_cluster.sh start` (see docs/slurm.md)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(
-            f"CI=true but no Slurm cluster is usable: {problem}; tools/ci_slurm_setup.sh "
-            "must run before the tests",
-            pytrace=False,
-        )
-    pytest.skip(f"no Slurm cluster: {problem}; {hint}")
+    require_cluster()
 
 
 def run(
