@@ -99,7 +99,8 @@ _EXTERNAL_LINK = re.compile(rb"\[(?:https?:|ftp:|mailto:|//)[^\s\]]*(?:\s+([^\]]
 _BR = re.compile(rb"&lt;br\s*/?&gt;", re.I)
 _TAG = re.compile(rb"&lt;/?[a-zA-Z][a-zA-Z0-9]*\b(?:[^&]|&(?!lt;|gt;))*?/?&gt;")
 _BOLD_ITALIC = re.compile(b"''+")
-_BOLD_ITALIC_TEXT = re.compile("''+")
+# An apostrophe written as a character reference (MediaWiki writes them raw; other tools may not).
+_APOSTROPHE_REF = re.compile(rb"&(?:apos|#0*39|#[xX]0*27);")
 _MAGIC = re.compile(rb"__[A-Z]+__")
 _PIPE_TRICK = re.compile(rb"\s*\([^)]*\)$")
 _TABLE_OPEN = re.compile(rb"\{\|")
@@ -244,6 +245,7 @@ def strip_escaped(body: bytes) -> bytes:
         body = _TAG.sub(b"", body)
     if b"_" in body:
         body = _MAGIC.sub(b"", body)
+    body = _APOSTROPHE_REF.sub(b"'", body)  # rare; decoded here so that the quotes below see them
     if b"'" in body:
         body = _BOLD_ITALIC.sub(b"", body)
     return body
@@ -251,8 +253,6 @@ def strip_escaped(body: bytes) -> bytes:
 
 def _decode_entities(text: str) -> str:
     """HTML entities of the wikitext (`&ndash;`, `&nbsp;`, ...), after the XML decoding."""
-    if "'" in text:  # bold/italic quotes that a dump wrote as character references
-        text = _BOLD_ITALIC_TEXT.sub("", text)
     if "&" in text:
         text = html.unescape(text)
     return text.replace("\xa0", " ")
