@@ -16,24 +16,16 @@ from pretrain.glue.tasks import EncodedSplit
 from pretrain.models import MODEL_TYPES, build_model
 from pretrain.models.classifier import PerceiverClassifier, PerceiverClassifierConfig
 from pretrain.models.perceiver_io import PerceiverIOConfig, PerceiverMLM
+from tests.pretrain.test_perceiver_io import tiny_config
 
-ENCODER = dict(
-    vocab_size=30,
-    max_seq_len=16,
-    num_input_channels=16,
-    num_latents=6,
-    num_latent_channels=32,
-    num_cross_attention_heads=2,
-    num_self_attention_heads=4,
-    cross_attention_qk_channels=16,
-    cross_attention_v_channels=32,
-    self_attention_qk_channels=16,
-    self_attention_v_channels=32,
-    num_self_attention_layers_per_block=2,
-    num_self_attention_blocks=2,
-    num_decoder_heads=2,
-    decoder_qk_channels=16,
-    dropout=0.0,
+# test_perceiver_io's tiny encoder, with the default MLP widening and a small decoder attention.
+ENCODER = dataclasses.asdict(
+    tiny_config(
+        cross_attention_widening_factor=1,
+        self_attention_widening_factor=1,
+        num_decoder_heads=2,
+        decoder_qk_channels=16,
+    )
 )
 
 
