@@ -12,6 +12,17 @@ from data_pipeline.packing import assign_split
 from data_pipeline.tokenizers import ByteTokenizer
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _never_clean_shared_memory():
+    """The first `ensure_distributed_env` call of a process decides whether streaming's shared
+    memory of the whole machine is unlinked; here it must not be (another test process may be
+    streaming). The rank variables it sets are reset around every test (tests/conftest.py), and
+    every loader builder sets them again."""
+    from data_pipeline.streaming import ensure_distributed_env
+
+    ensure_distributed_env(clean_shared_memory=False)
+
+
 @dataclass
 class NumberedCorpus:
     """Documents `000...i` of exactly one sample each (15 digits + EOS), and their shards.

@@ -1,7 +1,6 @@
 """Mixtures: proportions, deterministic shuffling, exact mid-epoch resume, elastic world sizes."""
 
 import json
-import os
 from collections import Counter
 
 import pytest
@@ -19,20 +18,7 @@ from data_pipeline.streaming import ensure_distributed_env
 from data_pipeline.tokenizers import ByteTokenizer
 from tests.conftest import run_distributed
 
-DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
 TOK = ByteTokenizer()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_process_env():
-    saved = {name: os.environ.pop(name, None) for name in DIST_VARS}
-    ensure_distributed_env(clean_shared_memory=False)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def labelled(root, prefix, n, val_every=0):

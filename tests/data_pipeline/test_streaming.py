@@ -9,22 +9,6 @@ import torch
 from data_pipeline.streaming import build_dataloader, ensure_distributed_env
 from tests.conftest import run_distributed
 
-DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def single_process_env():
-    """World size 1 for this module; the previous environment is restored afterwards."""
-    saved = {name: os.environ.pop(name, None) for name in DIST_VARS}
-    # Never clean shared memory in tests: other test processes on this machine may be streaming.
-    ensure_distributed_env(clean_shared_memory=False)
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
 
 def numbers(corpus, batches):
     return [[corpus.number(row) for row in batch["tokens"]] for batch in batches]
