@@ -1,17 +1,18 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
-# Both create (or reuse) the virtualenv in $(VENV) and install the project into it.
+# Both create (or reuse) the virtualenv in $(VENV) and install the project into it, with every
+# dependency pinned by requirements.lock (the versions the suite passed with).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-video test lint bench clean
+.PHONY: install demo demo-video test lint bench clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --progress-bar off -e '.[dev,video]'
+	$(BIN)/python -m pip install --quiet --progress-bar off -c requirements.lock -e '.[dev,video]'
 	touch $@
 
 install: $(STAMP)
@@ -34,6 +35,15 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python perceiver-io==0.11.0
 	$(BIN)/python -m pip install --quiet einops fairscale
 	$(BIN)/python tools/bench_model.py
+
+# Re-resolve pyproject's ranges in a throw-away venv and write the pins to requirements.lock;
+# then run `make test` (which reinstalls from the new lock) and commit both together.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --progress-bar off -e '.[dev,video]'
+	{ sed -n '1,3p' requirements.lock; .lock-venv/bin/python -m pip freeze --exclude-editable \
+	    | grep -v '^perceiver-pretrain'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf .lock-venv
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -8,7 +8,6 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain.export import Pretrained, adapt_state_dict, load_initial_weights, write_native
 from pretrain.glue.data import EvalLoader, TrainLoader
@@ -16,6 +15,7 @@ from pretrain.glue.tasks import EncodedSplit
 from pretrain.models import MODEL_TYPES, build_model
 from pretrain.models.classifier import PerceiverClassifier, PerceiverClassifierConfig
 from pretrain.models.perceiver_io import PerceiverIOConfig, PerceiverMLM
+from tests.pretrain.flop_count import count_matmul_flops
 from tests.pretrain.test_perceiver_io import tiny_config
 
 # test_perceiver_io's tiny encoder, with the default MLP widening and a small decoder attention.
@@ -50,9 +50,9 @@ def test_analytic_num_params_equals_numel(overrides):
 
 
 def test_flops_per_sample_matches_flop_counter(batch):
-    cfg = classifier_config(cross_attention_qk_channels=32, self_attention_qk_channels=32)
+    cfg = classifier_config()
     model = PerceiverClassifier(cfg).eval()
-    with FlopCounterMode(display=False) as counter:
+    with count_matmul_flops() as counter:
         model(batch[0])
     assert counter.get_total_flops() == len(batch[0]) * cfg.flops_per_sample() // 3  # forward
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 from torch.nn.attention.bias import causal_lower_right
-from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain.models import MODEL_TYPES, build_config, build_model
 from pretrain.models.perceiver_ar import PerceiverAR, PerceiverARConfig, perceiver_ar_mask
+from tests.pretrain.flop_count import count_matmul_flops
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 V = 50
@@ -194,7 +194,7 @@ def test_generate_greedy_matches_argmax_and_crops(model, input_ids) -> None:
 
 
 def test_flops_per_sample_matches_flop_counter(model, input_ids) -> None:
-    with FlopCounterMode(display=False) as counter:
+    with count_matmul_flops() as counter:
         model(input_ids)
     assert counter.get_total_flops() == 2 * model.cfg.flops_per_sample(prefix_dropout=0.0) // 3
     assert model.cfg.flops_per_sample() < model.cfg.flops_per_sample(prefix_dropout=0.0)
