@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     from pretrain.glue.cli import add_glue_subcommands  # export, import-hf, glue
 
     add_glue_subcommands(sub)
+    from pretrain.inference_cli import add_inference_subcommands  # generate, fill-mask, eval
+
+    add_inference_subcommands(sub)
     return parser
 
 

@@ -85,6 +85,16 @@ class Pretrained:
 # Reading DeepSpeed checkpoints
 
 
+def checkpoint_dir_of(run_dir: Path) -> Path:
+    """Where a run keeps its ``step_*`` checkpoints (``checkpoint.dir`` of its saved config)."""
+    run_config = run_dir / "config.yaml"
+    if run_config.is_file():
+        saved = (yaml.safe_load(run_config.read_text()) or {}).get("checkpoint", {}) or {}
+        if saved.get("dir"):
+            return Path(saved["dir"])
+    return run_dir / "checkpoints"
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A complete checkpoint: ``path`` itself, or the newest one of a run directory (or of a
     directory of ``step_*`` checkpoints).
@@ -95,12 +105,7 @@ def find_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if ckpt.is_complete(path):
         return path
-    checkpoint_dir = path / "checkpoints"
-    run_config = path / "config.yaml"
-    if run_config.is_file():
-        saved = (yaml.safe_load(run_config.read_text()) or {}).get("checkpoint", {}) or {}
-        if saved.get("dir"):
-            checkpoint_dir = Path(saved["dir"])
+    checkpoint_dir = checkpoint_dir_of(path)
     latest = ckpt.find_latest(checkpoint_dir) or ckpt.find_latest(path)  # run or checkpoints dir
     if latest is None:
         what = (

@@ -18,6 +18,7 @@ the last n positions, which is what makes incremental decoding equal to the full
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -401,22 +402,46 @@ class PerceiverAR(nn.Module):
         top_k: int | None = None,
         attention_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
+        top_p: float | None = None,
     ) -> Tensor:
         """Samples `max_new_tokens` tokens per row with the KV cache (in eval mode).
+
+        Args: as `stream`.
+
+        Returns:
+            long [b, s + max_new_tokens].
+        """
+        new = list(
+            self.stream(
+                input_ids, max_new_tokens, temperature, top_k, attention_mask, generator, top_p
+            )
+        )
+        return torch.cat([input_ids, *(t[:, None] for t in new)], dim=1)
+
+    @torch.no_grad()
+    def stream(
+        self,
+        input_ids: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        attention_mask: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        top_p: float | None = None,
+    ) -> Iterator[Tensor]:
+        """Yields the sampled tokens (long [b]) one step at a time, decoding with the KV cache.
 
         When the sequence reaches `max_seq_len`, the context is cropped to its last
         max(num_latents, max_seq_len - num_latents) tokens and re-prefilled (positions restart).
 
         Args:
             input_ids: long [b, s] prompt (left-padded if rows differ in length).
-            max_new_tokens: Number of tokens to append.
+            max_new_tokens: Number of tokens to sample.
             temperature: Softmax temperature; 0 selects the most likely token (greedy).
             top_k: Sample only among the k most likely tokens.
             attention_mask: Optional bool [b, s], True = real token.
             generator: Random generator for sampling.
-
-        Returns:
-            long [b, s + max_new_tokens].
+            top_p: Sample only from the smallest set of tokens whose probability reaches p.
         """
         was_training = self.training
         self.eval()
@@ -424,7 +449,8 @@ class PerceiverAR(nn.Module):
             tokens, mask = input_ids, attention_mask
             logits_bv, cache = self.prefill(tokens, mask)
             for step in range(max_new_tokens):
-                next_b = _sample(logits_bv, temperature, top_k, generator)
+                next_b = _sample(logits_bv, temperature, top_k, generator, top_p)
+                yield next_b
                 tokens = torch.cat([tokens, next_b[:, None]], dim=1)
                 if mask is not None:
                     mask = F.pad(mask.bool(), (0, 1), value=True)
@@ -436,20 +462,31 @@ class PerceiverAR(nn.Module):
                     keep = max(self.cfg.num_latents, self.cfg.max_seq_len - self.cfg.num_latents)
                     crop_mask = None if mask is None else mask[:, -keep:]
                     logits_bv, cache = self.prefill(tokens[:, -keep:], crop_mask)
-            return tokens
         finally:
             self.train(was_training)
 
 
 def _sample(
-    logits_bv: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+    logits_bv: Tensor,
+    temperature: float,
+    top_k: int | None,
+    generator: torch.Generator | None,
+    top_p: float | None = None,
 ) -> Tensor:
-    """Greedy (temperature 0) or temperature / top-k sampling of one token per row."""
+    """Greedy (temperature 0) or temperature / top-k / top-p (nucleus) sampling, one token a row."""
     if temperature == 0.0:
         return logits_bv.argmax(dim=-1)
     logits_bv = logits_bv.float() / temperature
     if top_k is not None:
         kth_b1 = logits_bv.topk(min(top_k, logits_bv.shape[-1]), dim=-1).values[:, -1:]
         logits_bv = logits_bv.masked_fill(logits_bv < kth_b1, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_bv, order_bv = logits_bv.sort(dim=-1, descending=True)
+        probs_bv = sorted_bv.softmax(dim=-1)
+        # drop a token when the tokens more likely than it already reach top_p (never the first)
+        drop_bv = probs_bv.cumsum(dim=-1) - probs_bv >= top_p
+        logits_bv = logits_bv.masked_fill(
+            torch.zeros_like(drop_bv).scatter(-1, order_bv, drop_bv), float("-inf")
+        )
     probs_bv = logits_bv.softmax(dim=-1)
     return torch.multinomial(probs_bv, 1, generator=generator)[:, 0]
