@@ -244,7 +244,7 @@ def evaluate_run(run_dir: str | Path, predict_test: bool = True) -> dict[str, An
             path = split_path(glue_dir, spec, split)
             if not path.is_file():
                 continue
-            data = load_split(cfg, split, task_dir=path.parent)
+            data = load_split(cfg, split, task_dir=path.parent, task=spec)
             outputs = predict(model, data)
             out = R.write_predictions(
                 run_dir / "predictions" / f"{name}.tsv",
