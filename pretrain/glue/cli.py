@@ -71,7 +71,7 @@ def cmd_glue(args: argparse.Namespace) -> int:
 
 def _glue(args: argparse.Namespace) -> int:
     from pretrain.glue import finetune as F
-    from pretrain.glue.tasks import parse_task_list
+    from pretrain.glue.tasks import TASKS, parse_task_list
 
     tasks = parse_task_list(args.tasks)
     lrs = _csv(args.lrs)
@@ -79,10 +79,16 @@ def _glue(args: argparse.Namespace) -> int:
         float(lr)  # refuse a typo before anything runs
     batch_sizes = tuple(int(b) for b in _csv(args.batch_sizes))
     out = Path(args.out)
+    if not args.collect and (not args.checkpoint or not args.glue_dir):
+        print("error: --checkpoint and --glue-dir are required", file=sys.stderr)
+        return 2
+    missing: dict[str, list[str]] = {}
+    if args.glue_dir:  # every task's files, before anything trains
+        every = args.tasks.strip().lower() == "all"
+        tasks, missing = F.available_tasks(args.glue_dir, tasks, not args.no_test, every)
+        for name, files in missing.items():
+            print(f"skipping {TASKS[name].dir_name}: missing {', '.join(files)}")
     if not args.collect:
-        if not args.checkpoint or not args.glue_dir:
-            print("error: --checkpoint and --glue-dir are required", file=sys.stderr)
-            return 2
         world = args.nproc_per_node
         request = None
         if args.slurm:
@@ -92,8 +98,8 @@ def _glue(args: argparse.Namespace) -> int:
             world = request.num_tasks
         dry_run = request is not None and args.dry_run
         source, pretrained = F.prepare_source(args.checkpoint, out, write=not dry_run)
-        for task in tasks:
-            runs = F.plan_task(
+        grids = [
+            F.plan_task(
                 task,
                 glue_dir=args.glue_dir,
                 out_dir=out,
@@ -107,19 +113,24 @@ def _glue(args: argparse.Namespace) -> int:
                 overrides=args.overrides,
                 base_config=args.config,
             )
+            for task in tasks
+        ]
+        for runs in grids:
             if request is not None:
                 for line in submit_runs(runs, request, args.dry_run, args.max_parallel):
                     print(line)
                 continue
             for run in runs:
-                print(f"{task.dir_name}: lr={run.lr} batch={run.batch_size} -> {run.run_dir}")
+                print(f"{run.task.dir_name}: lr={run.lr} batch={run.batch_size} -> {run.run_dir}")
                 F.train_run(run, world)
         if request is not None:
+            no_test = " --no-test" if args.no_test else ""
             print(
                 f"when the jobs are done: perceiver glue --collect --out {out} --tasks {args.tasks}"
+                f" --glue-dir {args.glue_dir}{no_test}"
             )
             return 0
-    results = F.collect(out, tasks, predict_test=not args.no_test)
+    results = F.collect(out, tasks, predict_test=not args.no_test, missing_files=missing)
     print((out / "results.md").read_text())
     if args.probe_of:
         from pretrain.glue.probes import report

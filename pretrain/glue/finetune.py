@@ -37,7 +37,15 @@ import yaml
 from pretrain.config import CONFIG_ROOT, Config, ConfigError, config_from_dict, load_config
 from pretrain.glue import metrics as M
 from pretrain.glue import results as R
-from pretrain.glue.tasks import DIAGNOSTIC, TaskSpec, get_task, read_split, split_path
+from pretrain.glue.tasks import (
+    DIAGNOSTIC,
+    TASKS,
+    TaskSpec,
+    get_task,
+    read_split,
+    split_path,
+    task_files,
+)
 
 GLUE_CONFIG = CONFIG_ROOT / "glue.yaml"
 PAPER_LRS = ("1e-4", "5e-5", "2e-5", "1e-5")
@@ -89,6 +97,28 @@ def classifier_model(pretrained: Any, task: TaskSpec) -> dict[str, Any]:
     names = {f.name for f in PerceiverIOConfig.__dataclass_fields__.values()}
     fields = {k: v for k, v in pretrained.model.items() if k in names}
     return {"type": "perceiver_io_classifier", **fields, "num_classes": task.num_classes}
+
+
+def available_tasks(
+    glue_dir: str | Path, tasks: list[TaskSpec], test: bool = True, skip_missing: bool = False
+) -> tuple[list[TaskSpec], dict[str, list[str]]]:
+    """The tasks whose files (:func:`~pretrain.glue.tasks.task_files`) all exist, and the missing
+    files of the others (task name -> paths).
+
+    Raises:
+        FileNotFoundError: Naming every missing file, if one is missing (``skip_missing``: if no
+            task has all its files).
+    """
+    missing = {}
+    for task in tasks:
+        absent = [str(p) for p in task_files(glue_dir, task, test) if not p.is_file()]
+        if absent:
+            missing[task.name] = absent
+    present = [task for task in tasks if task.name not in missing]
+    if missing and not (skip_missing and present):
+        lines = "".join(f"\n  {TASKS[n].dir_name}: {', '.join(f)}" for n, f in missing.items())
+        raise FileNotFoundError(f"GLUE files missing under {glue_dir}, nothing was run:{lines}")
+    return present, missing
 
 
 def num_train_examples(cfg: Config) -> int:
@@ -242,9 +272,9 @@ def evaluate_run(run_dir: str | Path, predict_test: bool = True) -> dict[str, An
             sources.append((DIAGNOSTIC, "diagnostic", "AX"))
         for spec, split, name in sources:
             path = split_path(glue_dir, spec, split)
-            if not path.is_file():
+            if spec is DIAGNOSTIC and not path.is_file():  # optional; test files are not
                 continue
-            data = load_split(cfg, split, task_dir=path.parent)
+            data = load_split(cfg, split, task_dir=path.parent, task=spec)
             outputs = predict(model, data)
             out = R.write_predictions(
                 run_dir / "predictions" / f"{name}.tsv",
@@ -278,10 +308,14 @@ def task_run_dirs(out_dir: str | Path, task: TaskSpec) -> list[Path]:
 
 
 def collect(
-    out_dir: str | Path, tasks: list[TaskSpec], predict_test: bool = True
+    out_dir: str | Path,
+    tasks: list[TaskSpec],
+    predict_test: bool = True,
+    missing_files: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Evaluates every finished run of ``tasks`` (reusing up-to-date ``eval.json`` files), picks
-    the best per task, and writes ``results.json``/``results.md`` and the submission files."""
+    the best per task, and writes ``results.json``/``results.md`` and the submission files.
+    ``missing_files`` (task -> paths: the tasks not run for want of them) goes into the results."""
     evaluations: dict[str, list[dict[str, Any]]] = {}
     unfinished = []
     for task in tasks:
@@ -302,6 +336,7 @@ def collect(
         evaluations[task.name] = runs
     results = R.summarize(evaluations)
     results["unfinished_runs"] = unfinished
+    results["missing_files"] = dict(missing_files or {})
     R.write_results(out_dir, results)
     R.write_submission(out_dir, results)
     return results

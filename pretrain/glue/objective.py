@@ -26,7 +26,14 @@ from torch import nn
 
 from pretrain.glue import metrics as M
 from pretrain.glue.data import EvalLoader, TrainLoader
-from pretrain.glue.tasks import EncodedSplit, encode_examples, get_task, load_tokenizer, read_split
+from pretrain.glue.tasks import (
+    EncodedSplit,
+    TaskSpec,
+    encode_examples,
+    get_task,
+    load_tokenizer,
+    read_split,
+)
 from pretrain.objectives import Objective, register_objective
 
 
@@ -38,13 +45,16 @@ def subsample_rows(n: int, limit: int, seed: int) -> np.ndarray | None:
     return np.sort(torch.randperm(n, generator=gen)[:limit].numpy())
 
 
-def load_split(cfg: Any, split: str, task_dir: str | Path | None = None) -> EncodedSplit:
-    """``split`` of the run's GLUE task, encoded as the run's config says.
+def load_split(
+    cfg: Any, split: str, task_dir: str | Path | None = None, task: TaskSpec | None = None
+) -> EncodedSplit:
+    """``split`` of the run's GLUE task (or of ``task``: the diagnostic set of an MNLI run),
+    encoded as the run's config says.
 
     Training splits are subsampled to ``glue.max_train_examples`` (a fixed random subset), other
     splits cut to their first ``glue.max_eval_examples`` rows.
     """
-    task = get_task(cfg.glue.task)
+    task = task or get_task(cfg.glue.task)
     examples, _ = read_split(task_dir or cfg.data.dir, task, split)
     if split == cfg.data.train_split:
         rows = subsample_rows(len(examples), cfg.glue.max_train_examples, cfg.data.shuffle_seed)

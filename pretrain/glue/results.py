@@ -109,6 +109,10 @@ def markdown_table(results: Mapping[str, Any]) -> str:
         lines.append(f"| **GLUE average** | WNLI excluded | **{average:.1f}** | | | |")
         if missing:
             lines += ["", f"The average is over the tasks run{note}."]
+    skipped = results.get("missing_files") or {}
+    if skipped:
+        lines += ["", "Not run, for want of their files:", ""]
+        lines += [f"- {TASKS[n].dir_name}: {', '.join(f)}" for n, f in skipped.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -4,7 +4,8 @@ Layout (what `download_glue_data.py` writes)::
 
     <glue_dir>/{CoLA,SST-2,MRPC,STS-B,QQP,QNLI,RTE,WNLI}/{train,dev,test}.tsv
     <glue_dir>/MNLI/{train,dev_matched,dev_mismatched,test_matched,test_mismatched}.tsv
-    <glue_dir>/diagnostic/diagnostic.tsv        (AX, scored with the MNLI model; optional)
+    <glue_dir>/diagnostic/diagnostic.tsv        (AX, scored with the MNLI model; optional;
+                                                 index, sentence1, sentence2: no label)
 
 Quirks handled here: CoLA's train/dev have no header (4 columns: source, label, original label,
 sentence) and its dev file no final newline; MRPC's header starts with a UTF-8 BOM and its
@@ -215,6 +216,13 @@ def split_path(glue_dir: str | Path, task: TaskSpec, split: str) -> Path:
     if task is DIAGNOSTIC:
         return Path(glue_dir) / "diagnostic" / "diagnostic.tsv"
     return Path(glue_dir) / task.dir_name / f"{split}.tsv"
+
+
+def task_files(glue_dir: str | Path, task: TaskSpec, test: bool = True) -> list[Path]:
+    """The files ``perceiver glue`` reads for ``task``: train, dev split(s) and, with ``test``,
+    the test split(s). The diagnostic set (AX) of MNLI is optional and not among them."""
+    splits = ["train", *task.dev_splits, *(task.test_splits if test else ())]
+    return [split_path(glue_dir, task, split) for split in splits]
 
 
 def read_split(task_dir: str | Path, task: TaskSpec, split: str) -> tuple[list[Example], int]:
