@@ -144,9 +144,11 @@ def _split_info(data_dir: Path, split: str) -> dict[str, Any]:
     manifest = read_manifest(data_dir)
     info = manifest["splits"][split]
     if info["samples"] == 0 and manifest.get("kind") == "video":
+        fraction = "larger" if split == "val" else "smaller"
         raise EmptySplitError(
             f"{data_dir / split} has no clips (manifest: {manifest['clips']['kept']} clips kept "
-            "in all); use more videos or a larger --val-fraction in `perceiver data prepare-video`"
+            f"in all); use more videos or a {fraction} --val-fraction in `perceiver data "
+            "prepare-video`"
         )
     if info["samples"] == 0:
         raise EmptySplitError(
