@@ -6,7 +6,7 @@
     perceiver data prepare --source wikipedia --input enwiki-pages-articles.xml.bz2 ...
     perceiver data train-spm --source c4 --input c4/en/ --output spm/c4_32k.model
     perceiver data prepare ... --tokenizer spm:spm/c4_32k.model
-    perceiver data inspect DIR [--samples 3] [--json]
+    perceiver data inspect DIR [--samples 3] [--json]     # text or video (prepare-video) shards
 
 `pretrain/cli.py` registers these on its `data` command with `add_data_subcommands(subparsers)`;
 each subcommand sets `func`, a function of the parsed arguments returning an exit code.
@@ -42,6 +42,7 @@ __all__ = [
     "add_data_subcommands",
     "build_parser",
     "inspect_shards",
+    "inspect_video_shards",
     "main",
     "prepare_demo_corpus",
     "run_inspect",
@@ -169,7 +170,9 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
     )
     prepare.set_defaults(func=run_prepare)
 
-    inspect = subparsers.add_parser("inspect", help="summarise a shard directory")
+    inspect = subparsers.add_parser(
+        "inspect", help="summarise a shard directory (text or video: counts, sizes, samples)"
+    )
     inspect.add_argument("data_dir", type=Path, metavar="DIR")
     inspect.add_argument("--samples", type=int, default=3, help="decoded samples to show")
     inspect.add_argument("--chars", type=int, default=300, help="characters per shown sample")
@@ -282,13 +285,27 @@ def run_train_spm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split_sizes(root: Path, split: str) -> dict[str, Any]:
+    """Counts and sizes of one split, re-read from its `index.json`."""
+    shards = json.loads((root / split / "index.json").read_text(encoding="utf-8"))["shards"]
+    raw = sum(shard["raw_data"]["bytes"] for shard in shards)
+    stored = sum((shard.get("zip_data") or shard["raw_data"])["bytes"] for shard in shards)
+    return {
+        "samples": sum(shard["samples"] for shard in shards),
+        "shards": len(shards),
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "compression_ratio": round(raw / stored, 2) if stored else None,
+    }
+
+
 def inspect_shards(
     data_dir: str | os.PathLike[str], num_samples: int = 3, max_chars: int = 300
 ) -> dict[str, Any]:
     """Summarises a shard directory: manifest, per-split counts and sizes, decoded samples.
 
     Counts are re-read from each split's `index.json`; `consistent` is False if they disagree
-    with the manifest.
+    with the manifest. Video shards (`kind` "video") get `inspect_video_shards`' summary.
 
     Args:
         data_dir: A shard directory.
@@ -303,24 +320,15 @@ def inspect_shards(
     """
     root = Path(data_dir)
     manifest = read_manifest(root)
+    if manifest.get("kind") == "video":
+        return inspect_video_shards(root, manifest, num_samples)
     tokenizer = tokenizer_from_manifest(root, manifest)
     splits: dict[str, Any] = {}
     consistent = True
     for split in SPLITS:
-        index = json.loads((root / split / "index.json").read_text(encoding="utf-8"))
-        shards = index["shards"]
-        samples = sum(shard["samples"] for shard in shards)
-        raw = sum(shard["raw_data"]["bytes"] for shard in shards)
-        stored = sum((shard.get("zip_data") or shard["raw_data"])["bytes"] for shard in shards)
-        consistent &= samples == manifest["splits"][split]["samples"]
-        splits[split] = {
-            "samples": samples,
-            "shards": len(shards),
-            "tokens": samples * manifest["sample_len"],
-            "raw_bytes": raw,
-            "stored_bytes": stored,
-            "compression_ratio": round(raw / stored, 2) if stored else None,
-        }
+        sizes = _split_sizes(root, split)
+        consistent &= sizes["samples"] == manifest["splits"][split]["samples"]
+        splits[split] = {**sizes, "tokens": sizes["samples"] * manifest["sample_len"]}
     decoded = [
         tokenizer.decode(tokens)[:max_chars]
         for tokens in iter_samples(root, "train", limit=max(num_samples, 0))
@@ -328,6 +336,7 @@ def inspect_shards(
     docs = manifest["documents"]
     return {
         "data_dir": str(root),
+        "kind": "tokens",
         "consistent_with_manifest": consistent,
         "tokenizer": manifest["tokenizer"]["name"],
         "vocab_size": manifest["tokenizer"]["vocab_size"],
@@ -354,6 +363,108 @@ def inspect_shards(
     }
 
 
+def inspect_video_shards(
+    root: Path, manifest: dict[str, Any], num_samples: int = 3
+) -> dict[str, Any]:
+    """The `inspect_shards` summary of video shards: clip geometry, classes, counts, first clips.
+
+    Args:
+        root: A video shard directory (`perceiver data prepare-video`).
+        manifest: Its manifest.
+        num_samples: Number of leading train clips described (source file, clip, label).
+    """
+    from data_pipeline.video_shards import iter_video_samples
+
+    splits: dict[str, Any] = {}
+    consistent = True
+    for split in SPLITS:
+        splits[split] = _split_sizes(root, split)
+        consistent &= splits[split]["samples"] == manifest["splits"][split]["samples"]
+    classes = manifest["classes"]
+    clips = [
+        {
+            "path": sample["path"],
+            "clip": int(sample["clip"]),
+            "start_s": float(sample["start_s"]),
+            "label": classes[int(sample["label"])],
+            "has_audio": bool(sample["has_audio"]),
+        }
+        for sample in iter_video_samples(root, "train", limit=max(num_samples, 0))
+    ]
+    return {
+        "data_dir": str(root),
+        "kind": "video",
+        "consistent_with_manifest": consistent,
+        "video": manifest["video"],
+        "audio": manifest["audio"],
+        "classes": classes,
+        "num_classes": manifest["num_classes"],
+        "class_counts": manifest["class_counts"],
+        "labels": manifest["labels"],
+        "files": manifest["files"],
+        "clips": manifest["clips"],
+        "rejected_examples": manifest["rejected"][:5],
+        "splits": splits,
+        "val_fraction": manifest.get("val_fraction"),
+        "created_utc": manifest["created_utc"],
+        "tool_version": manifest["tool_version"],
+        "wall_time_s": manifest.get("wall_time_s"),
+        "samples": clips,
+    }
+
+
+def _split_line(split: str, info: dict[str, Any], unit: str) -> str:
+    line = f"  {split:5s}: {info['samples']:,} {unit}, {info['shards']} shards"
+    if not info["shards"]:
+        return f"{line} (empty)"
+    return f"{line}, {info['stored_bytes']:,} bytes stored (x{info['compression_ratio']} zstd)"
+
+
+def _print_video_summary(summary: dict[str, Any]) -> None:
+    video, audio, clips = summary["video"], summary["audio"], summary["clips"]
+    print(
+        f"{summary['data_dir']}  (video clips, built {summary['created_utc']}, "
+        f"{summary['tool_version']})"
+    )
+    quality = f" q{video['jpeg_quality']}" if video.get("jpeg_quality") else ""
+    print(
+        f"  clips of {video['num_frames']} frames at {video['fps']:g} fps "
+        f"({video['duration_s']:g} s), {video['height']}x{video['width']} RGB "
+        f"({video['frames_format']}{quality}), {video['clips_per_video']} per video from "
+        f"{video['start_s']:g} s; audio {audio['num_samples']} samples at "
+        f"{audio['sample_rate']} Hz mono ({audio['dtype']}, missing: {audio['missing_audio']})"
+    )
+    names = summary["classes"]
+    shown = ", ".join(names[:10]) + (f", ... ({len(names) - 10} more)" if len(names) > 10 else "")
+    print(
+        f"  {summary['num_classes']} classes (labels from {summary['labels']['source']}): {shown}"
+    )
+    files = summary["files"]
+    print(
+        f"  files: {files['videos']} videos found, {files['labelled']} labelled, "
+        f"{files['ignored_non_video']} other files ignored"
+    )
+    print(
+        f"  clips: read {clips['read']}, kept {clips['kept']} ({clips['without_audio']} without "
+        f"audio), rejected {clips['rejected']}{_reasons(clips)}"
+    )
+    for r in summary["rejected_examples"]:
+        where = r["path"] if r["clip"] is None else f"{r['path']} (clip {r['clip']})"
+        print(f"    e.g. {where}: {r['reason']}: {r['detail']}")
+    for split, info in summary["splits"].items():
+        counts = sorted(summary["class_counts"][split].values())
+        spread = (
+            f"; {len(counts)} classes, {counts[0]} to {counts[-1]} clips each" if counts else ""
+        )
+        print(_split_line(split, info, "clips") + spread)
+    for i, clip in enumerate(summary["samples"]):
+        audio_note = "" if clip["has_audio"] else ", no audio"
+        print(
+            f"  --- train clip {i}: {clip['label']}: {clip['path']} clip {clip['clip']} from "
+            f"{clip['start_s']:g} s{audio_note}"
+        )
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     """Runs `perceiver data inspect` with parsed arguments; returns the exit code."""
     try:
@@ -363,6 +474,13 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0 if summary["consistent_with_manifest"] else 1
+    (_print_video_summary if summary["kind"] == "video" else _print_token_summary)(summary)
+    if not summary["consistent_with_manifest"]:
+        print("  WARNING: index.json sample counts differ from manifest.json")
+    return 0 if summary["consistent_with_manifest"] else 1
+
+
+def _print_token_summary(summary: dict[str, Any]) -> None:
     docs = summary["documents"]
     print(f"{summary['data_dir']}  (built {summary['created_utc']}, {summary['tool_version']})")
     print(
@@ -389,15 +507,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         f"({tokens['dropped']:,} dropped as partial samples)"
     )
     for split, info in summary["splits"].items():
-        print(
-            f"  {split:5s}: {info['samples']:,} samples, {info['shards']} shards, "
-            f"{info['stored_bytes']:,} bytes stored (x{info['compression_ratio']} zstd)"
-        )
-    if not summary["consistent_with_manifest"]:
-        print("  WARNING: index.json sample counts differ from manifest.json")
+        print(_split_line(split, info, "samples"))
     for i, text in enumerate(summary["samples"]):
         print(f"  --- train sample {i} ---\n{text!r}")
-    return 0 if summary["consistent_with_manifest"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,6 +29,7 @@ from typing import Any
 from data_pipeline.packing import sample_len_for
 from data_pipeline.shards import read_manifest
 from data_pipeline.streaming import (
+    EmptySplitError,
     build_dataloader,
     collate_for,
     ignore_stop_signals,
@@ -286,7 +287,7 @@ def build_val_loader(
     have samples.
 
     Raises:
-        ValueError: If no dataset has validation samples.
+        EmptySplitError: If no dataset has validation samples.
     """
     proportions = dict(zip((s.name for s in sources), _normalised(sources)))
     loaders: dict[str, Any] = {}
@@ -305,7 +306,9 @@ def build_val_loader(
         except ValueError as err:
             missing.append(f"{source.name}: {err}")
     if not loaders:
-        raise ValueError("no dataset of the mixture has validation samples: " + "; ".join(missing))
+        raise EmptySplitError(
+            "no dataset of the mixture has validation samples: " + "; ".join(missing)
+        )
     if missing:
         import logging
 

@@ -64,9 +64,20 @@ from data_pipeline.collators import stack_tokens
 from data_pipeline.packing import SPLITS
 from data_pipeline.shards import read_manifest
 
-__all__ = ["build_dataloader", "build_dataset", "collate_for", "ensure_distributed_env"]
+__all__ = [
+    "EmptySplitError",
+    "build_dataloader",
+    "build_dataset",
+    "collate_for",
+    "ensure_distributed_env",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class EmptySplitError(ValueError):
+    """A split of a shard directory holds no sample (the trainer runs without validation)."""
+
 
 _DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
 _shm_checked = False
@@ -132,8 +143,15 @@ def _split_info(data_dir: Path, split: str) -> dict[str, Any]:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     manifest = read_manifest(data_dir)
     info = manifest["splits"][split]
+    if info["samples"] == 0 and manifest.get("kind") == "video":
+        fraction = "larger" if split == "val" else "smaller"
+        raise EmptySplitError(
+            f"{data_dir / split} has no clips (manifest: {manifest['clips']['kept']} clips kept "
+            f"in all); use more videos or a {fraction} --val-fraction in `perceiver data "
+            "prepare-video`"
+        )
     if info["samples"] == 0:
-        raise ValueError(
+        raise EmptySplitError(
             f"{data_dir / split} has no samples (manifest: {info['documents']} documents, "
             f"{info['tokens_dropped']} tokens dropped as a partial sample); use more text, a "
             "larger val_fraction or a shorter seq_len"
@@ -184,7 +202,7 @@ def build_dataset(
 
     Raises:
         FileNotFoundError: If `data_dir` is not a complete shard directory.
-        ValueError: For an unknown or empty split, or a bad batch size.
+        ValueError: For an unknown split or a bad batch size; `EmptySplitError` for an empty one.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -300,7 +318,8 @@ def build_dataloader(
 
     Raises:
         FileNotFoundError: If `data_dir` is not a complete shard directory.
-        ValueError: For an unknown or empty split, or a split too small for one batch per rank.
+        ValueError: For an unknown split, or one too small for one batch per rank;
+            `EmptySplitError` for an empty one.
     """
     dataset = build_dataset(
         data_dir,

@@ -20,7 +20,10 @@ Which files carry which label is `data_pipeline.video_labels`' business (`VideoI
 
 Bad input never stops a build: every problem becomes a `Rejection` (file, reason, detail), counted
 by reason in the manifest. Reasons: ``empty`` (zero-length file), ``corrupt`` (PyAV cannot open or
-decode it; also truncated files without an index), ``no_video``, ``too_short`` (the video ends
+decode it), ``truncated`` (the file ends inside a top-level element of its container, a RIFF
+chunk, MP4 box or Matroska segment, as after an interrupted download: clips before the cut are
+kept, and a file or clip that needs the missing part gets this reason rather than ``corrupt``,
+``too_short`` or ``audio_too_short``), ``no_video``, ``too_short`` (the video ends
 before a clip's last frame), ``no_audio`` (no audio stream, with ``missing_audio="reject"``),
 ``audio_too_short``, ``unknown_label`` (not in the class list), ``no_label`` (a video no CSV row
 names, or one outside any class folder), ``missing_file`` (a CSV row without its file), and
@@ -56,6 +59,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv")
 REJECT_REASONS = (
     "empty",
     "corrupt",
+    "truncated",
     "no_video",
     "too_short",
     "no_audio",
@@ -285,15 +289,102 @@ def decode_clips(
         return [], [Rejection(name, "missing_file", err.strerror or str(err))]
     if size == 0:
         return [], [Rejection(name, "empty", "zero-length file")]
+    cut = _cut_short(path, size)
+    damaged, why = ("truncated", f" ({cut})") if cut else ("corrupt", "")
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as err:
-        return [], [Rejection(name, "corrupt", f"cannot open: {err}")]
+        return [], [Rejection(name, damaged, f"cannot open: {err}{why}")]
     try:
         with container:
-            return _decode(container, spec, name)
+            clips, rejections = _decode(container, spec, name)
     except (av.FFmpegError, ValueError) as err:
-        return [], [Rejection(name, "corrupt", f"decoding failed: {err}")]
+        return [], [Rejection(name, damaged, f"decoding failed: {err}{why}")]
+    if cut:  # what the file lacks is the cut-off part, not a short or silent video
+        rejections = [
+            Rejection(r.path, "truncated", f"{r.detail} ({cut})", r.clip)
+            if r.reason in ("corrupt", "too_short", "audio_too_short")
+            else r
+            for r in rejections
+        ]
+    return clips, rejections
+
+
+def _read_vint(f: Any) -> tuple[int, bool] | None:
+    """An EBML variable-length integer at the file position: (value, all value bits set)."""
+    first = f.read(1)
+    if not first or first[0] == 0:
+        return None
+    length = 9 - first[0].bit_length()
+    rest = f.read(length - 1)
+    if len(rest) != length - 1:
+        return None
+    value = first[0] & (0xFF >> length)
+    for byte in rest:
+        value = (value << 8) | byte
+    return value, value == (1 << (7 * length)) - 1
+
+
+def _declared_size(path: str | os.PathLike[str], size: int) -> tuple[str, int] | None:
+    """Where the container's top-level structure says the file's last top-level element ends
+    (walked up to the first one that runs past ``size``), and the element's name.
+
+    RIFF (AVI; chained RIFF chunks), ISO BMFF (MP4, MOV: the top-level boxes) and EBML (Matroska,
+    WebM: the Segment). None where the layout is another one or does not say.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if head[:4] == b"RIFF":
+            end = 0
+            while end + 8 <= size:
+                f.seek(end)
+                chunk = f.read(8)
+                if chunk[:4] != b"RIFF":
+                    break
+                n = int.from_bytes(chunk[4:], "little")
+                end += 8 + n + (n & 1)
+            return ("a RIFF chunk", end) if end else None
+        if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"styp"):
+            end = 0
+            while end + 8 <= size:
+                f.seek(end)
+                box = f.read(16)
+                n = int.from_bytes(box[:4], "big")
+                if not all(32 <= c < 127 for c in box[4:8]):  # not a box type: stop here
+                    break
+                if n == 1 and len(box) == 16:
+                    n = int.from_bytes(box[8:16], "big")
+                if n == 0:  # the last box, to the end of the file
+                    return None
+                if n < 8:
+                    break
+                end += n
+            return ("an MP4 box", end) if end else None
+        if head[:4] == b"\x1a\x45\xdf\xa3":
+            f.seek(4)
+            header = _read_vint(f)
+            if header is None:
+                return None
+            f.seek(f.tell() + header[0])
+            if f.read(4) != b"\x18\x53\x80\x67":
+                return None
+            segment = _read_vint(f)
+            if segment is None or segment[1]:  # unknown size (a live stream)
+                return None
+            return ("the Matroska segment", f.tell() + segment[0])
+    return None
+
+
+def _cut_short(path: str | os.PathLike[str], size: int) -> str | None:
+    """How a file is cut short of the size its container declares (None: it is not)."""
+    try:
+        declared = _declared_size(path, size)
+    except OSError:  # unreadable: opening it fails next, as corrupt
+        return None
+    if declared is None or declared[1] <= size:
+        return None
+    what, end = declared
+    return f"the file is cut: it ends at byte {size:,}, inside {what} that runs to byte {end:,}"
 
 
 def _decode(container: Any, spec: ClipSpec, name: str) -> tuple[list[Clip], list[Rejection]]:

@@ -58,7 +58,7 @@ from data_pipeline.video import (
     describe_spec,
     process_video,
 )
-from data_pipeline.video_labels import list_videos
+from data_pipeline.video_labels import VideoListing, list_videos
 
 __all__ = [
     "MAX_LISTED_REJECTIONS",
@@ -106,6 +106,26 @@ def _results(tasks: list[tuple], workers: int) -> Iterator[tuple[list[dict], lis
         yield from pool.imap(process_video, tasks, chunksize=1)
 
 
+def _check_train_videos(
+    input_dir: str | os.PathLike[str], listing: VideoListing, val_fraction: float
+) -> None:
+    """Refuses, before decoding, a listing that sends every labelled video to val."""
+    if not listing.items or any(item.split == "train" for item in listing.items):
+        return
+    if listing.source == "kinetics_csv":
+        how = f"the CSV's split column (--val-fraction {val_fraction} where it has none)"
+        fix = "mark rows 'train' in the CSV"
+    else:
+        how = f"--val-fraction {val_fraction} (a hash of each relative path)"
+        fix = "lower --val-fraction (0 keeps every video in train)"
+    raise ValueError(
+        f"{input_dir}: no training video: all {len(listing.items)} labelled videos "
+        f"({', '.join(item.rel for item in listing.items[:3])}"
+        f"{', ...' if len(listing.items) > 3 else ''}) go to the val split by {how}; {fix} or "
+        "add videos"
+    )
+
+
 def prepare_videos(
     input_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -145,7 +165,8 @@ def prepare_videos(
     Raises:
         FileNotFoundError: If the input directory or labels file does not exist.
         FileExistsError: If ``out_dir`` holds shards and not ``overwrite`` (or something else).
-        ValueError: For bad arguments, or when no training clip could be decoded.
+        ValueError: For bad arguments, when every video goes to the val split (before any
+            decoding), or when no training clip could be decoded.
     """
     from streaming import MDSWriter
     from tqdm import tqdm
@@ -163,6 +184,7 @@ def prepare_videos(
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.monotonic()
     listing = list_videos(input_dir, labels, val_fraction)
+    _check_train_videos(input_dir, listing, val_fraction)
     out = Path(out_dir).absolute()
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -202,8 +224,9 @@ def prepare_videos(
         bar.close()
         if samples["train"] == 0:
             raise ValueError(
-                f"{input_dir}: no training clip could be decoded ({len(listing.items)} labelled "
-                f"videos, {len(rejections)} rejections, e.g. {[str(r) for r in rejections[:3]]})"
+                f"{input_dir}: no training clip could be decoded "
+                f"({sum(item.split == 'train' for item in listing.items)} training videos, "
+                f"{len(rejections)} rejections, e.g. {[str(r) for r in rejections[:3]]})"
             )
         if samples["val"] == 0:
             logger.warning("%s: the val split got no clip", out)

@@ -182,12 +182,12 @@ class MultimodalAutoencodingObjective(Objective):
 
     @classmethod
     def check_data(cls, cfg: Any) -> None:
-        """Refuses video shards whose clip geometry or classes do not fit the model."""
+        """Refuses video shards whose clip geometry or classes do not fit the model, or whose
+        train split is empty (an empty val split only skips validation: `pretrain.trainer`)."""
         from data_pipeline.video_shards import check_video_manifest
         from pretrain.config import ConfigError
 
         mc = cfg.model_config()
-        splits = [cfg.data.train_split] + ([cfg.data.val_split] if cfg.trainer.val_every else [])
         keys = [f"data.mixture[{i}].dir" for i in range(len(cfg.data.mixture))] or ["data.dir"]
         for key, (_, data_dir, _) in zip(keys, cfg.data.dataset_dirs()):
             try:
@@ -198,7 +198,7 @@ class MultimodalAutoencodingObjective(Objective):
                     width=mc.frame_width,
                     samples_per_frame=mc.audio_samples_per_frame,
                     num_classes=mc.num_classes,
-                    splits=splits[:1] if cfg.data.mixture else splits,  # a mixture's val: any
+                    splits=[cfg.data.train_split],
                 )
             except (FileNotFoundError, ValueError, KeyError) as e:
                 raise ConfigError(f"{key}: {e}") from None

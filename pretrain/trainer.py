@@ -9,6 +9,7 @@ batches, masks and losses of a run that never stopped.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -187,6 +188,21 @@ def _build_loader(cfg: Config, split: str, shuffle: bool):
     )
 
 
+def _build_val_loader(cfg: Config, build_loader, is_main: bool) -> tuple[Any, str]:
+    """The validation loader, or None and why: an empty split is warned about once, not fatal."""
+    from data_pipeline.streaming import EmptySplitError
+
+    if not cfg.trainer.val_every:
+        return None, ""
+    try:
+        return build_loader(cfg, cfg.data.val_split, False), ""
+    except EmptySplitError as err:
+        why = f"no validation (trainer.val_every={cfg.trainer.val_every} skipped): {err}"
+        if is_main:
+            logging.getLogger(__name__).warning(why)
+        return None, why
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {
         k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -279,7 +295,7 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     objective = build_objective(cfg)
     build_loader = getattr(objective, "build_loader", _build_loader)  # GLUE: in-memory TSVs
     train_loader = build_loader(cfg, cfg.data.train_split, cfg.data.shuffle)
-    val_loader = build_loader(cfg, cfg.data.val_split, False) if t.val_every else None
+    val_loader, no_val = _build_val_loader(cfg, build_loader, env.is_main)
     probes = None
     if cfg.probes.every:  # GLUE probes of the weights every N steps (pretrain/glue/probes.py)
         from pretrain.glue.probes import ProbeRunner
@@ -297,6 +313,8 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     logger = MetricLogger(run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.jsonl)
     if env.is_main and state.step == 0:
         logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```", 0)
+    if no_val:
+        logger.log_text("validation", no_val, state.step)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
         if cfg.autocast_bf16

@@ -218,3 +218,55 @@ def test_prepare_strict_reports_file_and_line(tmp_path):
     with pytest.raises(SystemExit, match=rf"{data}:2: invalid JSON.*--strict"):
         main(argv)
     assert not (tmp_path / "out").exists()
+
+
+def test_inspect_names_an_empty_split(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"text": f"document {i} " * 8}) + "\n" for i in range(9)))
+    out = tmp_path / "out"
+    argv = ["data", "prepare", "--source", "jsonl", "--input", str(data), "--output", str(out),
+            "--seq-len", "32", "--val-fraction", "0"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out), "--samples", "0"]) == 0
+    text = capsys.readouterr().out
+    assert "val  : 0 samples, 0 shards (empty)" in text and "None" not in text
+    assert inspect_shards(out)["splits"]["val"]["compression_ratio"] is None
+
+
+def test_inspect_video_shards(tmp_path, capsys):
+    from data_pipeline.video import ClipSpec
+    from data_pipeline.video_shards import prepare_videos
+    from tests.data_pipeline.test_video import write_clip
+
+    for cls, seed in (("archery", 0), ("zumba", 50)):
+        for i in range(2):
+            audio = None if cls == "zumba" else ("aac", 44_100, "stereo")
+            write_clip(
+                tmp_path / "in" / cls / f"v{i}.mp4", num_frames=8, seed=seed + i, audio=audio
+            )
+    (tmp_path / "in" / "zumba" / "broken.mp4").write_bytes(b"not a video" * 50)
+    out = tmp_path / "shards"
+    spec = ClipSpec(num_frames=4, height=16, width=24)
+    manifest = prepare_videos(tmp_path / "in", out, spec, val_fraction=0.0, progress=False)
+
+    assert main(["data", "inspect", str(out), "--samples", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "clips of 4 frames at 25 fps (0.16 s), 16x24 RGB (jpeg q90)" in text
+    assert "audio 7680 samples at 48000 Hz" in text
+    assert "2 classes (labels from folders): archery, zumba" in text
+    assert "clips: read 5, kept 4 (2 without audio), rejected 1 (corrupt: 1)" in text
+    assert "e.g. zumba/broken.mp4: corrupt: cannot open" in text
+    assert "train: 4 clips, 1 shards" in text and "2 classes, 2 to 2 clips each" in text
+    assert "val  : 0 clips, 0 shards (empty)" in text and "None" not in text
+    assert "train clip 1: archery: archery/v1.mp4 clip 0 from 0 s" in text
+
+    assert main(["data", "inspect", str(out), "--json", "--samples", "1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["kind"] == "video" and summary["consistent_with_manifest"]
+    assert summary["splits"]["train"]["samples"] == manifest["splits"]["train"]["samples"] == 4
+    assert summary["video"]["num_frames"] == 4 and summary["classes"] == ["archery", "zumba"]
+    assert summary["class_counts"]["train"] == {"archery": 2, "zumba": 2}
+    assert summary["samples"] == [
+        {"path": "archery/v0.mp4", "clip": 0, "start_s": 0.0, "label": "archery", "has_audio": True}
+    ]

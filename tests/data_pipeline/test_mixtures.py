@@ -14,7 +14,7 @@ from data_pipeline.mixtures import (
     check_datasets,
 )
 from data_pipeline.shards import write_shards
-from data_pipeline.streaming import ensure_distributed_env
+from data_pipeline.streaming import EmptySplitError, ensure_distributed_env
 from data_pipeline.tokenizers import ByteTokenizer
 from tests.conftest import run_distributed
 
@@ -88,6 +88,14 @@ def test_validation_streams_stay_separate(tmp_path):
     assert Counter(order) == {"c4": 15, "wikipedia": 15}  # all of both, then the rest of B
     pattern = InterleavedLoader({"x": [1, 2, 3], "y": [4]}, {"x": 0.5, "y": 0.5})
     assert list(pattern) == [1, 4, 2, 3]
+
+
+def test_validation_without_val_samples_is_an_empty_split(two_datasets):
+    # labelled() puts everything in train: the trainer skips validation on EmptySplitError
+    with pytest.raises(
+        EmptySplitError, match=r"no dataset .* validation samples: c4: .*no samples"
+    ):
+        build_val_loader(two_datasets, 2)
 
 
 def test_check_datasets(two_datasets, tmp_path):

@@ -11,6 +11,7 @@ import fractions
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import av  # the `video` extra, which `make test` installs
@@ -171,7 +172,8 @@ def test_bad_inputs_are_counted_and_named(messy_dir, tmp_path, capsys):
     clips = manifest["clips"]
     assert clips["rejected_by_reason"] == {
         "empty": 1,
-        "corrupt": 2,
+        "corrupt": 1,
+        "truncated": 1,
         "too_short": 1,
         "unknown_label": 1,
         "no_label": 1,
@@ -185,7 +187,7 @@ def test_bad_inputs_are_counted_and_named(messy_dir, tmp_path, capsys):
     assert by_path == {
         "red/empty.webm": "empty",
         "red/corrupt.mp4": "corrupt",
-        "red/truncated.mp4": "corrupt",
+        "red/truncated.mp4": "truncated",
         "blue/short.mkv": "too_short",
         "green/unknown.mkv": "unknown_label",
         "toplevel.mkv": "no_label",
@@ -228,6 +230,64 @@ def test_kinetics_csv_labels_and_splits(tmp_path):
     bad.write_text("label,youtube_id\nx,y\n")
     with pytest.raises(ValueError, match="bad.csv: missing columns"):
         list_videos(videos, bad)
+
+
+def test_every_video_in_val_is_named_before_decoding(tmp_path):
+    root = tmp_path / "in"
+    write_clip(root / "archery" / "clip6.mp4", num_frames=12)
+    assert list_videos(root, val_fraction=0.1).items[0].split == "val"  # by its path hash
+    args = ["--input", str(root), "--output", str(tmp_path / "out"), "--num-frames", "4"]
+    args += ["--size", "16", "--no-progress"]
+    with pytest.raises(
+        SystemExit,
+        match=r"no training video: all 1 labelled videos \(archery/clip6.mp4\) go to the val "
+        r"split by --val-fraction 0.1 .*; lower --val-fraction \(0 keeps every video in train\)",
+    ):
+        prepare_video_main(args)  # the default --val-fraction
+    assert not (tmp_path / "out").exists()
+    assert prepare_video_main([*args, "--val-fraction", "0"]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["samples"] == 1
+
+    kinetics = tmp_path / "kinetics"
+    write_clip(kinetics / "aaa_000000_000010.mp4", num_frames=12)
+    csv = tmp_path / "val.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\narchery,aaa,0,10,validate\n")
+    args = ["--input", str(kinetics), "--labels", str(csv), "--output", str(tmp_path / "csv")]
+    with pytest.raises(SystemExit, match=r"by the CSV's split column .*; mark rows 'train' in"):
+        prepare_video_main([*args, "--val-fraction", "0", "--no-progress"])
+
+
+@pytest.mark.shared_data
+def test_real_clips_cut_short_are_truncated(shared_data, tmp_path):
+    """Real clips cut in half with `head -c` (as an interrupted download leaves them)."""
+    avi = shared_data / "video" / "ucf101_ApplyEyeMakeup__mmaction2_tests_test.avi"
+    mp4 = shared_data / "video" / "k400_archery__pytorchvideo_archery.mp4"
+    root = tmp_path / "in"
+    for clip, label in ((avi, "apply_eye_makeup"), (mp4, "archery")):
+        (root / label).mkdir(parents=True)
+        os.symlink(clip, root / label / clip.name)  # the whole file, for contrast
+        with (root / label / f"half_{clip.name}").open("wb") as out:
+            half = str(clip.stat().st_size // 2)
+            subprocess.run(["head", "-c", half, str(clip)], stdout=out, check=True)
+    # 3.0-3.32 s: inside the whole AVI (6.56 s), past the cut of its first half (3.08 s)
+    spec = ClipSpec(num_frames=8, height=32, width=32, start_s=3.0)
+    manifest = prepare_videos(root, tmp_path / "out", spec, val_fraction=0.0, progress=False)
+    assert manifest["clips"]["kept"] == 2 and manifest["clips"]["rejected_by_reason"] == {
+        "truncated": 2
+    }
+    detail = {r["path"]: r["detail"] for r in manifest["rejected"] if r["reason"] == "truncated"}
+    size = avi.stat().st_size
+    assert detail[f"apply_eye_makeup/half_{avi.name}"].startswith("needs 3.000-3.320 s")
+    assert detail[f"apply_eye_makeup/half_{avi.name}"].endswith(
+        f"(the file is cut: it ends at byte {size // 2:,}, inside a RIFF chunk that runs to "
+        f"byte {size:,})"
+    )
+    assert detail[f"archery/half_{mp4.name}"].startswith("cannot open")
+    assert "inside an MP4 box" in detail[f"archery/half_{mp4.name}"]
+    # A clip past the end of a whole video stays too_short.
+    _, rejections = decode_clips(avi, ClipSpec(num_frames=8, height=32, width=32, start_s=7.0))
+    assert [r.reason for r in rejections] == ["too_short"]
 
 
 def test_same_shards_for_one_and_two_workers(messy_dir, tmp_path):

@@ -319,6 +319,37 @@ def test_check_data_refuses_mismatched_clips(tiny_video_shards):
 
 
 @pytest.mark.slow
+def test_empty_val_split_warns_once_and_trains_without_validation(tmp_path):
+    """As for text shards (test_train_e2e.py): an empty val split is no reason to stop."""
+    from data_pipeline.video import ClipSpec
+    from data_pipeline.video_shards import prepare_videos
+    from tests.data_pipeline.test_video import write_clip
+
+    for c in range(2):
+        for i in range(2):
+            write_clip(tmp_path / "in" / f"class{c}" / f"v{i}.mp4", num_frames=6, seed=50 * c + i)
+    data = tmp_path / "shards"
+    spec = ClipSpec(num_frames=4, height=32, width=32)
+    prepare_videos(tmp_path / "in", data, spec, val_fraction=0.0, progress=False)
+    run = tmp_path / "run"
+    proc = run_perceiver(
+        [
+            "train", str(TINY), f"data.dir={data}", f"trainer.run_dir={run}",
+            "logging.progress_bar=false", "trainer.max_steps=2", "trainer.log_every=1",
+            "trainer.val_every=1", "checkpoint.every=0",
+        ]
+    )  # fmt: skip
+    assert proc.stderr.count("no validation (trainer.val_every=1 skipped)") == 1
+    assert f"{data / 'val'} has no clips" in proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["state"]["step"] == 2
+    assert summary["val_metrics"] == {}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
+    assert not any(k.startswith("val/") for r in rows for k in r)
+
+
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_two_rank_zero2_training_reduces_the_loss(tiny_video_shards, tmp_path):
     run = tmp_path / "run"

@@ -120,6 +120,30 @@ def test_demo_pipeline_reduced(tmp_path):
     assert "tensorboard --logdir" in report and "tokens seen" in report
 
 
+def test_empty_val_split_warns_once_and_trains_without_validation(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from data_pipeline.cli import prepare_demo_corpus
+    from pretrain.config import load_config
+
+    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model_config().max_seq_len
+    data = tmp_path / "data"
+    prepare_demo_corpus(data, seq_len=seq_len, max_bytes=60_000, val_fraction=0.0)
+    run = tmp_path / "run"
+    proc = _train("tiny_mlm.yaml", data, run, "trainer.max_steps=2", "trainer.log_every=1",
+                  "trainer.val_every=1", "checkpoint.every=0")  # fmt: skip
+    assert proc.stderr.count("no validation (trainer.val_every=1 skipped)") == 1  # rank 0 only
+    assert f"{data / 'val'} has no samples" in proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["state"]["step"] == 2
+    assert summary["val_metrics"] == {}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
+    assert not any(k.startswith("val/") for r in rows for k in r)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    assert "validation/text_summary" in events.Tags()["tensors"]
+
+
 def test_shards_that_do_not_fit_the_model_are_refused_before_training(shards, tmp_path):
     import subprocess
     import sys
