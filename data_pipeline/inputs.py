@@ -415,7 +415,9 @@ def open_input(
 
     Returns:
         `(stream, meter)`: the decompressed stream (whose reads raise `TruncatedInput` after a
-        cut and `CorpusError` if nothing can be read) and the meter of its raw bytes.
+        cut and `CorpusError` if nothing can be read) and the meter of its raw bytes. Read it
+        with `read1` or `readline`: `read(n)` joins several raw reads and, when the last one
+        raises at a cut, drops those before it with it.
 
     Raises:
         CorpusError: If the file cannot be opened.
