@@ -171,7 +171,7 @@ def test_real_enwiki_sample(shared_data):
     titles = [d.text.split("\n", 1)[0] for d in docs]
     assert "Academy Award for Best Production Design" in titles
     for doc in docs:
-        assert "{{" not in doc.text and "[[" not in doc.text and "{|" not in doc.text
+        assert not any(m in doc.text for m in ("{{", "}}", "[[", "]]", "{|"))
         assert "<ref" not in doc.text and "'''" not in doc.text
         assert len(doc.text) > 500
 
