@@ -130,8 +130,9 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--strict",
         action="store_true",
-        help="fail on the first bad record (invalid UTF-8 or JSON, truncated file, empty or "
-        "too large document); redirects and non-article pages are still only counted",
+        help="fail on the first bad record (invalid UTF-8 or JSON, truncated or empty compressed "
+        "file, directory that cannot be listed, empty or too large document); redirects and "
+        "non-article pages are still only counted",
     )
     prepare.add_argument(
         "--max-doc-bytes",
