@@ -262,6 +262,34 @@ def test_unreadable_input_is_an_error_naming_it(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.shared_data
+def test_cut_dump_keeps_every_complete_article(shared_data, tmp_path):
+    """`prepare` of a dump cut inside its last bz2 block keeps every article the decompressor
+    released before the cut and counts one truncated page and one cut (workers, chunks)."""
+    import bz2
+
+    from data_pipeline.sources import SourceOptions
+    from tests.data_pipeline.corpora import compress_in_blocks, decoded_by_prefix
+
+    xml = bz2.decompress(
+        (shared_data / "wikipedia_xml" / "enwiki-table-markup.xml.bz2").read_bytes()
+    )
+    data = compress_in_blocks(xml, ".bz2")
+    cut = len(data) - 2000
+    decoded, lengths = decoded_by_prefix(data, ".bz2")
+    complete = decoded[: lengths[cut]].count(b"</page>")
+    assert 0 < complete < xml.count(b"</page>")
+    dump = tmp_path / "enwiki-cut.xml.bz2"
+    dump.write_bytes(data[:cut])
+    options = SourceOptions(chunk_bytes=30_000)
+    manifest = prepare(
+        "wikipedia", [dump], tmp_path / "out", seq_len=16, options=options, workers=2
+    )
+    docs = manifest["documents"]
+    assert docs["rejected_by_reason"] == {"truncated": 1, "truncated_page": 1}
+    assert docs["kept"] == complete  # every page of the real sample is an article
+
+
 def _prepare_unprivileged(args: list[str]) -> subprocess.CompletedProcess:
     """`perceiver data prepare ARGS` in a process that file permissions apply to (root loses its
     capabilities to bypass them), so that a directory of mode 000 really cannot be listed."""

@@ -128,6 +128,7 @@ def test_cut_dump_keeps_every_page_its_decompressor_recovers(shared_data, tmp_pa
     for cut in [len(data) * k // 9 for k in range(1, 9)]:
         cut_path.write_bytes(data[:cut])
         *records, last = read_dump(cut_path)
+        assert list(read_dump(cut_path, chunk_bytes=20_000)) == [*records, last]
         assert last.reason == "truncated" and last.doc_id.startswith(f"{cut_path}@")
         reached = int(last.doc_id.rsplit("@", 1)[1])
         slack = GZIP_HOLDS_BACK if suffix == ".gz" else 0
