@@ -131,8 +131,9 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument(
         "--strict",
         action="store_true",
-        help="fail on the first bad record (invalid UTF-8 or JSON, truncated file, empty or "
-        "too large document); redirects and non-article pages are still only counted",
+        help="fail on the first bad record (invalid UTF-8 or JSON, truncated or empty compressed "
+        "file, directory that cannot be listed, empty or too large document); redirects and "
+        "non-article pages are still only counted",
     )
     prepare.add_argument(
         "--max-doc-bytes",
@@ -277,8 +278,10 @@ def run_train_spm(args: argparse.Namespace) -> int:
         )
     except (FileNotFoundError, CorpusError, ValueError, RuntimeError) as err:
         raise _fail("train-spm", err) from err
+    short = summary["vocab_size"] < summary["vocab_size_requested"]
+    asked = f" (of {summary['vocab_size_requested']} asked for)" if short else ""
     print(
-        f"wrote {summary['model']}: {summary['vocab_size']} pieces, trained on "
+        f"wrote {summary['model']}: {summary['vocab_size']} pieces{asked}, trained on "
         f"{summary['sample_bytes'] / 1e6:.1f} MB of text in {summary['wall_time_s']:.0f} s; use "
         f"--tokenizer spm:{summary['model']}"
     )

@@ -442,9 +442,12 @@ def python_fingerprint() -> str:
 
 
 def resolve_for(
-    settings: ConvertSettings, inputs: Sequence[str | os.PathLike[str]]
+    settings: ConvertSettings,
+    inputs: Sequence[str | os.PathLike[str]],
+    unreadable: list[tuple[str, str]] | None = None,
 ) -> list[InputFile]:
-    """The input files of a conversion (a pseudo-input for the demo corpus)."""
+    """The input files of a conversion (a pseudo-input for the demo corpus); directories that
+    cannot be listed are skipped and named in `unreadable` (see `inputs.resolve_inputs`)."""
     if settings.source not in SOURCES:
         raise ValueError(f"unknown source {settings.source!r}; expected one of {SOURCES}")
     if settings.source == "demo":
@@ -454,7 +457,13 @@ def resolve_for(
         return [InputFile("stdlib", 0, int.from_bytes(digest, "big"))]
     if not inputs:
         raise ValueError(f"source {settings.source!r} needs at least one input")
-    found = resolve_inputs(inputs, input_suffixes(settings.source))
+    skipped: list[tuple[str, str]] = []
+    found = resolve_inputs(inputs, input_suffixes(settings.source), skipped)
     if not found:
-        raise CorpusError(f"no input files found in {[os.fspath(i) for i in inputs]}")
+        where = [os.fspath(i) for i in inputs]
+        raise CorpusError(
+            f"no input files found in {where}" + "".join(f"; {d}" for _, d in skipped)
+        )
+    if unreadable is not None:
+        unreadable.extend(skipped)
     return found

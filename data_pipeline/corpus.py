@@ -11,7 +11,9 @@ dumps, WikiExtractor output, C4 and Parquet on top of these ones:
 A broken document (invalid JSON, invalid UTF-8, a missing field, a line above `max_doc_bytes`, a
 file that does not parse, the rest of a truncated `.gz`) is not an exception: the reader yields a
 `Rejected` record naming the file and line (or byte offset), and the shard writer counts it by
-reason. A file that cannot be read at all raises `CorpusError` naming the file.
+reason. A file that cannot be read at all raises `CorpusError` naming the file; an empty
+compressed file is `truncated` at byte 0; `iter_documents` reports a directory it cannot list as
+an `unreadable_directory` record.
 """
 
 from __future__ import annotations
@@ -577,7 +579,11 @@ def iter_documents(
     )
 
     def records() -> Iterator[Record]:
-        for item in resolve_inputs(inputs, input_suffixes(source)):
+        unreadable: list[tuple[str, str]] = []
+        found = resolve_inputs(inputs, input_suffixes(source), unreadable)
+        for directory, detail in unreadable:
+            yield Rejected(directory, directory, "unreadable_directory", detail)
+        for item in found:
             if item.remote:
                 raise CorpusError(f"{item.name}: remote inputs are read by `convert` only")
             yield from read_input(source, item.name, options)

@@ -9,7 +9,8 @@ Every reader opens its file through `open_input`, which
 - turns a decompression failure into `TruncatedInput` carrying the uncompressed offset reached, so
   a reader can keep everything before a cut (a truncated `.gz`, an interrupted download) and
   report the rest, while a file that fails before yielding a single byte (missing, unreadable,
-  not compressed as its suffix says) raises `CorpusError` naming it.
+  not compressed as its suffix says) raises `CorpusError` naming it; an empty compressed file
+  is a cut at byte 0 (every later read raises the same `TruncatedInput` again).
 
 Remote inputs (`s3://`, `gs://`, ... anything mosaicml-streaming's storage can list and
 download) are listed with streaming's `CloudUploader.list_objects` and downloaded one at a time,
@@ -126,9 +127,17 @@ def _local_file(path: Path) -> InputFile:
     return InputFile(str(path), st.st_size, st.st_mtime_ns)
 
 
-def _walk(root: Path, suffixes: Sequence[str]) -> list[Path]:
+def _walk(
+    root: Path, suffixes: Sequence[str], unreadable: list[tuple[str, str]] | None
+) -> list[Path]:
+    def onerror(err: OSError) -> None:
+        detail = f"{err.filename}: cannot list directory: {err.strerror or err}"
+        if unreadable is None:
+            raise CorpusError(detail) from err
+        unreadable.append((str(err.filename), f"{detail}; skipped"))
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith(".") or (suffixes and not name.endswith(tuple(suffixes))):
@@ -163,7 +172,9 @@ def _list_remote(pattern: str, suffixes: Sequence[str]) -> list[InputFile]:
 
 
 def resolve_inputs(
-    inputs: Iterable[str | os.PathLike[str]], suffixes: Sequence[str] = ()
+    inputs: Iterable[str | os.PathLike[str]],
+    suffixes: Sequence[str] = (),
+    unreadable: list[tuple[str, str]] | None = None,
 ) -> list[InputFile]:
     """Expands files, globs, directories and URLs into a de-duplicated list of input files.
 
@@ -175,12 +186,15 @@ def resolve_inputs(
     Args:
         inputs: Files, directories, globs and/or URLs.
         suffixes: File name endings picked up inside directories.
+        unreadable: If given, a directory that cannot be listed (permissions) is skipped and
+            `(directory, "DIR: cannot list directory: REASON; skipped")` appended here.
 
     Returns:
         The inputs in the order given, each expansion sorted.
 
     Raises:
-        CorpusError: If an input matches nothing.
+        CorpusError: If an input matches nothing, or a directory cannot be listed and
+            `unreadable` is None.
     """
     out: list[InputFile] = []
     seen: set[str] = set()
@@ -192,7 +206,7 @@ def resolve_inputs(
             text = text.removeprefix("file://")
             path = Path(text)
             if path.is_dir():
-                found = [_local_file(p) for p in _walk(path, suffixes)]
+                found = [_local_file(p) for p in _walk(path, suffixes, unreadable)]
             elif path.is_file():
                 found = [_local_file(path)]
             elif any(c in text for c in "*?["):
@@ -340,6 +354,7 @@ class _StreamDecoder(io.RawIOBase):
         self._pending = b""
         self._pos = 0
         self._started = False  # current member has consumed input
+        self._members = 0  # members/streams/frames decoded to their end
         self._eof = False
 
     def readable(self) -> bool:
@@ -352,6 +367,8 @@ class _StreamDecoder(io.RawIOBase):
                 self._eof = True
                 if self._started:
                     raise EOFError("compressed data ends before its end-of-stream marker")
+                if not self._members:
+                    raise EOFError("empty file: no compressed data at all")
                 break
             out = []
             while data:
@@ -362,6 +379,7 @@ class _StreamDecoder(io.RawIOBase):
                 data = self._obj.unused_data
                 self._obj = self._factory()
                 self._started = False
+                self._members += 1
             self._pending, self._pos = b"".join(out), 0
         n = min(len(buffer), len(self._pending) - self._pos)
         buffer[:n] = self._pending[self._pos : self._pos + n]
@@ -385,17 +403,22 @@ class _Checked(io.RawIOBase):
         self._path = path
         self._stream = stream
         self.offset = 0
+        self._cut: TruncatedInput | None = None  # raised again by every later read
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self._cut is not None:
+            raise self._cut
         try:
             n = self._stream.readinto(buffer)
         except _DECOMPRESSION_ERRORS as err:
             if self.offset == 0 and not isinstance(err, EOFError):  # not what its suffix says
                 raise CorpusError(f"cannot read {self._path}: {err}") from err
-            raise TruncatedInput(self._path, self.offset, str(err) or type(err).__name__) from err
+            cause = str(err) or type(err).__name__
+            self._cut = TruncatedInput(self._path, self.offset, cause)
+            raise self._cut from err
         self.offset += n or 0
         return n or 0
 
@@ -415,7 +438,9 @@ def open_input(
 
     Returns:
         `(stream, meter)`: the decompressed stream (whose reads raise `TruncatedInput` after a
-        cut and `CorpusError` if nothing can be read) and the meter of its raw bytes.
+        cut and `CorpusError` if nothing can be read) and the meter of its raw bytes. Read it
+        with `read1` or `readline`: `read(n)` joins several raw reads and, when the last one
+        raises at a cut, drops those before it with it.
 
     Raises:
         CorpusError: If the file cannot be opened.

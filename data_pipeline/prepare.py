@@ -179,7 +179,9 @@ def prepare(
     Raises:
         FileExistsError: If `out_dir` is complete (without `overwrite`), or not a shard directory.
         CorpusError: If an input cannot be read at all.
-        StrictError: In strict mode, naming the first rejected record.
+        StrictError: In strict mode, naming the first rejected record or a directory that
+            cannot be listed (without strict, such a directory is counted as
+            `unreadable_directory`).
         ValueError: For bad arguments, or when no complete training sample could be made.
     """
     started = time.monotonic()
@@ -193,7 +195,12 @@ def prepare(
         raise ValueError(f"workers must be at least 1, got {workers}")
     sample_len = settings.sample_len
     tok = get_tokenizer(tokenizer)
-    found = resolve_for(settings, inputs)
+    unreadable: list[tuple[str, str]] = []
+    found = resolve_for(settings, inputs, unreadable)
+    skipped = PackStats(strict=strict)  # raises StrictError for the first one before any work
+    for _, detail in unreadable:
+        logger.warning("%s", detail)
+        skipped.reject("unreadable_directory", detail)
     out = Path(out_dir).absolute()
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -213,6 +220,7 @@ def prepare(
     finally:
         bar.close()
     stats = PackStats()
+    stats.merge(skipped)
     for part in order:
         stats.merge(PackStats.from_state(records[part]["stats"]))
     if stats.samples["train"] == 0:

@@ -7,7 +7,9 @@ the same readers and cleaning as `prepare`, in parallel over inputs), split into
 `MAX_SENTENCE_BYTES`. Spread the sample by passing many inputs (C4's 1024 files give a sample from
 all of it; the head of a single Wikipedia dump is biased towards old, low-id articles).
 
-The model: unigram (or BPE), 32k pieces by default, byte fallback (no unknown text), identity
+The model: unigram (or BPE), 32k pieces by default (fewer when the sample holds fewer distinct
+pieces: a warning names both sizes and whether the corpus or `--sample-mb` was too small; the
+summary keeps `vocab_size_requested`), byte fallback (no unknown text), identity
 normalisation and no whitespace collapsing (decode(encode(text)) == text, so shards round-trip
 byte for byte), and the byte tokenizer's special ids (PAD 0, BOS 1, EOS 2, MASK 3, CLS 4, SEP 5)
 plus UNK 6 (see `tokenizers.SentencePieceTokenizer`).
@@ -168,7 +170,7 @@ def train_spm(
             unk_id=6,
             control_symbols=["[MASK]", "[CLS]", "[SEP]"],
             max_sentence_length=MAX_SENTENCE_BYTES * 2,
-            hard_vocab_limit=False,  # a small sample may hold fewer pieces than asked for
+            hard_vocab_limit=False,  # a small sample may hold fewer pieces: warned below
             shuffle_input_sentence=True,
             num_threads=max(workers, 1),
             minloglevel=2,
@@ -176,15 +178,29 @@ def train_spm(
         shutil.move(str(prefix) + ".model", model_path)
         shutil.move(str(prefix) + ".vocab", model_path.with_suffix(".vocab"))
     tokenizer = SentencePieceTokenizer(model_path)  # checks the special ids
+    sampled = sum(s["bytes"] for s in samples)
+    if tokenizer.vocab_size < vocab_size:
+        capped = any(s["bytes"] >= budget for s in samples)
+        why = (
+            f"the sample (--sample-mb {sample_bytes / 1e6:g}) was too small"
+            if capped
+            else "the corpus is too small: all of it was read"
+        )
+        logger.warning(
+            "%s: %d pieces instead of the %d asked for: the %.2f MB of text sampled hold no "
+            "more (%s); give more text or a smaller --vocab-size",
+            model_path, tokenizer.vocab_size, vocab_size, sampled / 1e6, why,
+        )  # fmt: skip
     summary = {
         "model": str(model_path),
         "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "vocab_size": tokenizer.vocab_size,
+        "vocab_size_requested": vocab_size,
         "model_type": model_type,
         "character_coverage": character_coverage,
         "source": source,
         "sample": samples,
-        "sample_bytes": sum(s["bytes"] for s in samples),
+        "sample_bytes": sampled,
         "wall_time_s": round(time.monotonic() - started, 2),
     }
     model_path.with_suffix(".json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

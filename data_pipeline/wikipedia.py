@@ -172,9 +172,13 @@ def iter_dump_chunks(
 
 
 def _read(stream, path: str, offset: int, pending: list[Rejected]) -> bytes:
-    """One block of the stream; a decompression failure ends it with a `truncated` record."""
+    """One block of the stream; a decompression failure ends it with a `truncated` record.
+
+    `read1` makes one raw read: `read(n)` gathers several and drops them all when one fails,
+    which loses the complete pages decoded just before a cut.
+    """
     try:
-        return stream.read(READ_SIZE)
+        return stream.read1(READ_SIZE)
     except TruncatedInput as err:
         where = f"{path}@{offset}"
         detail = f"{where}: input truncated or corrupt ({err.cause}); pages after it are lost"

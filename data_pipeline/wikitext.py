@@ -95,6 +95,8 @@ _DROP_TEMPLATE = re.compile(
     rb"\{\{(?![^\S\n]*(?i:lang-|(?:" + _KEPT_NAMES.encode() + rb")[^\S\n]*\|))" + _TEMPLATE_REST
 )
 _INNER_LINK = re.compile(rb"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\]))[^\[\]]*)*)\]\]")
+# A template's argument separator: a pipe not inside a link (`{{small|[[Genitive|GEN]]}}`).
+_ARG_PIPE = re.compile(r"\|(?![^\[\]]*\]\])")
 _EXTERNAL_LINK = re.compile(rb"\[(?:https?:|ftp:|mailto:|//)[^\s\]]*(?:\s+([^\]]*))?\]")
 _BR = re.compile(rb"&lt;br\s*/?&gt;", re.I)
 _TAG = re.compile(rb"&lt;/?[a-zA-Z][a-zA-Z0-9]*\b(?:[^&]|&(?!lt;|gt;))*?/?&gt;")
@@ -131,7 +133,8 @@ def _template_text(body: str) -> str:
     name = name.strip().lower().replace("_", " ")
     if not rest:
         return ""
-    args = [a for a in rest.split("|") if "=" not in a.split("[[")[0]]
+    parts = _ARG_PIPE.split(rest) if "[[" in rest else rest.split("|")
+    args = [a for a in parts if "=" not in a.split("[[")[0]]
     if name in _KEEP_LAST_ARG or name.startswith("lang-"):
         if name == "abbr" and args:
             return args[0].strip()
@@ -240,6 +243,9 @@ def strip_escaped(body: bytes) -> bytes:
     body = _remove_nested(body, _INNER_LINK, _link, b"[")
     if b"[" in body:
         body = _EXTERNAL_LINK.sub(lambda m: m.group(1) or b"", body)
+        body = body.replace(b"[[", b"")  # unbalanced leftovers
+    if b"]" in body:
+        body = body.replace(b"]]", b"")
     if b"&" in body:
         body = _BR.sub(b"\n", body)
         body = _TAG.sub(b"", body)

@@ -4,7 +4,8 @@
   `<revision><text>`), optionally without `<ns>` (enwik8's older schema), `.xml` or `.xml.bz2`;
 - WikiExtractor output, JSON lines and `<doc>` text;
 - C4 as distributed (`c4-train.0000N-of-0000M.json.gz`, lines `{text, timestamp, url}`);
-- Parquet with a text column.
+- Parquet with a text column;
+- compressed streams of several blocks, and what their own decompressor recovers from a cut.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import zlib
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -164,3 +166,44 @@ def write_wikiextractor(root: Path, docs: list[tuple[str, str]]) -> tuple[Path, 
             f.write(f'<doc id="{i + 1}" url="https://en.wikipedia.org/wiki?curid={i + 1}" ')
             f.write(f'title="{title}">\n{title}\n\n{text}\n</doc>\n')
     return json_file, doc_file
+
+
+def compress_in_blocks(data: bytes, suffix: str) -> bytes:
+    """`data` as one stream of several independently released blocks (`.bz2`: 100 kB blocks,
+    `.zst`: a block flushed every 16 kB, `.gz`: deflate releases as it goes)."""
+    if suffix == ".bz2":
+        return bz2.compress(data, 1)
+    if suffix == ".gz":
+        return gzip.compress(data)
+    import zstandard
+
+    obj = zstandard.ZstdCompressor().compressobj()
+    out = [obj.compress(data[i : i + 16384]) + obj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+           for i in range(0, len(data), 16384)]  # fmt: skip
+    return b"".join(out) + obj.flush()
+
+
+GZIP_HOLDS_BACK = 1
+"""Bytes of a cut gzip stream that `isal` (the pipeline's gzip decoder) may release later than
+`zlib` does: it keeps the last decoded byte until more input comes."""
+
+
+def decoded_by_prefix(data: bytes, suffix: str) -> tuple[bytes, list[int]]:
+    """What the format's own decompressor (`bz2`, `zlib`, `zstandard`) returns when fed `data`
+    one byte at a time: the output and, for every cut `k`, how many of its bytes `data[:k]`
+    releases (`lengths[k]`)."""
+    if suffix == ".bz2":
+        obj = bz2.BZ2Decompressor()
+    elif suffix == ".gz":
+        obj = zlib.decompressobj(31)
+    else:
+        import zstandard
+
+        obj = zstandard.ZstdDecompressor().decompressobj()
+    out, lengths, total = [], [0], 0
+    for i in range(len(data)):
+        piece = obj.decompress(data[i : i + 1])
+        out.append(piece)
+        total += len(piece)
+        lengths.append(total)
+    return b"".join(out), lengths

@@ -5,6 +5,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from data_pipeline.prepare import prepare
 from data_pipeline.shards import iter_samples, read_manifest
 from data_pipeline.sources import read_input
 from data_pipeline.tokenizers import ByteTokenizer
+from tests.conftest import REPO, clean_env, skip_unless_ci
 from tests.data_pipeline.corpora import c4_documents, write_c4, write_dump
 
 TOK = ByteTokenizer()
@@ -256,6 +260,82 @@ def test_unreadable_input_is_an_error_naming_it(tmp_path):
     with pytest.raises(CorpusError, match="input not found: .*missing.jsonl"):
         prepare("jsonl", [tmp_path / "missing.jsonl"], tmp_path / "out", seq_len=16)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.shared_data
+def test_cut_dump_keeps_every_complete_article(shared_data, tmp_path):
+    """`prepare` of a dump cut inside its last bz2 block keeps every article the decompressor
+    released before the cut and counts one truncated page and one cut (workers, chunks)."""
+    import bz2
+
+    from data_pipeline.sources import SourceOptions
+    from tests.data_pipeline.corpora import compress_in_blocks, decoded_by_prefix
+
+    xml = bz2.decompress(
+        (shared_data / "wikipedia_xml" / "enwiki-table-markup.xml.bz2").read_bytes()
+    )
+    data = compress_in_blocks(xml, ".bz2")
+    cut = len(data) - 2000
+    decoded, lengths = decoded_by_prefix(data, ".bz2")
+    complete = decoded[: lengths[cut]].count(b"</page>")
+    assert 0 < complete < xml.count(b"</page>")
+    dump = tmp_path / "enwiki-cut.xml.bz2"
+    dump.write_bytes(data[:cut])
+    options = SourceOptions(chunk_bytes=30_000)
+    manifest = prepare(
+        "wikipedia", [dump], tmp_path / "out", seq_len=16, options=options, workers=2
+    )
+    docs = manifest["documents"]
+    assert docs["rejected_by_reason"] == {"truncated": 1, "truncated_page": 1}
+    assert docs["kept"] == complete  # every page of the real sample is an article
+
+
+def _prepare_unprivileged(args: list[str]) -> subprocess.CompletedProcess:
+    """`perceiver data prepare ARGS` in a process that file permissions apply to (root loses its
+    capabilities to bypass them), so that a directory of mode 000 really cannot be listed."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            skip_unless_ci("running as root without setpriv: permissions cannot be tested")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    command = [*prefix, sys.executable, "-m", "data_pipeline.cli", "data", "prepare", *args]
+    return subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True)
+
+
+@pytest.mark.shared_data
+def test_unreadable_directory_and_empty_gzip_are_counted_and_fail_strict(shared_data, tmp_path):
+    root = tmp_path / "c4"
+    (root / "en").mkdir(parents=True)
+    shutil.copy(shared_data / "c4" / "c4-sample.01.json.gz", root / "en")
+    empty = root / "en" / "c4-sample.02.json.gz"
+    empty.write_bytes(b"")  # an interrupted download
+    locked = root / "locked"
+    locked.mkdir()
+    shutil.copy(shared_data / "c4" / "c4-sample.03.json.gz", locked)
+    locked.chmod(0)
+    try:
+        args = ["--source", "c4", "--input", str(root), "--seq-len", "16"]
+        proc = _prepare_unprivileged([*args, "--output", str(tmp_path / "out")])
+        assert proc.returncode == 0, proc.stderr
+        docs = read_manifest(tmp_path / "out")["documents"]
+        assert docs["rejected_by_reason"] == {"truncated": 1, "unreadable_directory": 1}
+        [cut] = docs["examples_by_reason"]["truncated"]
+        assert cut.startswith(f"{empty}@0:") and "empty file" in cut
+        [skipped] = docs["examples_by_reason"]["unreadable_directory"]
+        assert skipped.startswith(f"{locked}: cannot list directory: Permission denied")
+        assert f"{locked}: cannot list directory" in proc.stderr  # warned while running
+        assert docs["kept"] == len(
+            gzip.decompress((root / "en" / "c4-sample.01.json.gz").read_bytes()).splitlines()
+        )
+
+        proc = _prepare_unprivileged([*args, "--output", str(tmp_path / "strict"), "--strict"])
+        assert proc.returncode != 0 and not (tmp_path / "strict").exists()
+        assert f"{locked}: cannot list directory" in proc.stderr and "--strict" in proc.stderr
+    finally:
+        locked.chmod(0o755)
+    proc = _prepare_unprivileged([*args, "--output", str(tmp_path / "strict"), "--strict"])
+    assert proc.returncode != 0 and not (tmp_path / "strict").exists()
+    assert f"{empty}@0: input truncated" in proc.stderr and "--strict" in proc.stderr
 
 
 @pytest.mark.shared_data

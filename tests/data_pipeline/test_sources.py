@@ -9,7 +9,14 @@ import zstandard
 from data_pipeline.corpus import Document, Rejected, iter_documents
 from data_pipeline.inputs import CorpusError, InputFile, resolve_inputs
 from data_pipeline.sources import SourceOptions, input_suffixes, read_input
-from tests.data_pipeline.corpora import c4_documents, write_c4, write_wikiextractor
+from tests.data_pipeline.corpora import (
+    GZIP_HOLDS_BACK,
+    c4_documents,
+    compress_in_blocks,
+    decoded_by_prefix,
+    write_c4,
+    write_wikiextractor,
+)
 
 
 def docs(records):
@@ -100,6 +107,48 @@ def test_truncated_jsonl_keeps_complete_lines(tmp_path, suffix):
     whole = tmp_path / f"whole.jsonl{suffix}"
     whole.write_bytes(data)
     assert len(docs(read_input("jsonl", whole))) == 3000
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize(
+    ("source", "name"), [("c4", "c4.json.gz"), ("jsonl", "c4.jsonl.zst"), ("text", "c4.txt.gz")]
+)
+def test_cut_file_keeps_every_document_its_decompressor_recovers(
+    shared_data, tmp_path, source, name
+):
+    """Real C4 files cut at several offsets keep exactly the complete lines (paragraphs for
+    text) of what the decompressor releases up to the cut, then report the cut once."""
+    real = sorted((shared_data / "c4").glob("*.json.gz"))
+    suffix = "." + name.rsplit(".", 1)[1]
+    if source == "c4":  # the real compressed file itself
+        data = real[1].read_bytes()
+    else:
+        lines = b"".join(gzip.decompress(p.read_bytes()) for p in real)
+        if source == "text":  # one C4 document per paragraph
+            texts = [json.loads(line)["text"] for line in lines.splitlines()]
+            paragraphs = ["\n".join(x for x in t.splitlines() if x.strip()) for t in texts]
+            lines = "\n\n".join(paragraphs).encode() + b"\n"
+        data = compress_in_blocks(lines, suffix)
+    decoded, lengths = decoded_by_prefix(data, suffix)
+    path, plain = tmp_path / name, tmp_path / name.removesuffix(suffix)
+    end = b"\n\n" if source == "text" else b"\n"
+    kept_counts = set()
+    for cut in [len(data) * k // 7 for k in range(1, 7)]:
+        path.write_bytes(data[:cut])
+        *records, last = read_input(source, path, SourceOptions(split_paragraphs=True))
+        assert last.reason == "truncated" and last.doc_id.startswith(f"{path}@")
+        reached = int(last.doc_id.rsplit("@", 1)[1])
+        slack = GZIP_HOLDS_BACK if suffix == ".gz" else 0
+        assert lengths[cut] - slack <= reached <= lengths[cut]
+        recovered = decoded[:reached]
+        plain.write_bytes(recovered[: recovered.rfind(end) + 1])  # complete documents only
+        expected = read_input(source, plain, SourceOptions(split_paragraphs=True))
+        assert not rejected(records)
+        assert [(d.text, d.doc_id.replace(str(path), "F")) for d in records] == [
+            (d.text, d.doc_id.replace(str(plain), "F")) for d in expected
+        ]
+        kept_counts.add(len(records))
+    assert len(kept_counts) >= 3
 
 
 def test_zstd_multiple_frames(tmp_path):

@@ -1,5 +1,8 @@
 """SentencePiece: train-spm on a corpus sample, tokenised shards, whole-word masking."""
 
+import json
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +89,27 @@ def test_train_spm_errors(tmp_path):
     with pytest.raises(SystemExit, match="vocab_size must be at least 300"):
         main(["data", "train-spm", "--source", "wikipedia", "--input", str(tmp_path / "d.xml"),
               "--output", str(tmp_path / "m.model"), "--vocab-size", "100"])  # fmt: skip
+
+
+@pytest.mark.shared_data
+def test_train_spm_warns_when_the_corpus_is_too_small_for_the_vocabulary(
+    shared_data, tmp_path, caplog, capsys
+):
+    model = tmp_path / "c4_32k.model"
+    argv = ["data", "train-spm", "--source", "c4", "--input", str(shared_data / "c4"),
+            "--output", str(model), "--vocab-size", "32000"]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.spm"):
+        assert main(argv) == 0
+    actual = SentencePieceTokenizer(model).vocab_size
+    assert actual < 32000
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"{actual} pieces instead of the 32000 asked for" in warning
+    assert "the corpus is too small: all of it was read" in warning
+    assert f"{actual} pieces (of 32000 asked for)" in capsys.readouterr().out
+    summary = json.loads(model.with_suffix(".json").read_text())
+    assert (summary["vocab_size"], summary["vocab_size_requested"]) == (actual, 32000)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.spm"):
+        assert main([*argv, "--sample-mb", "0.003"]) == 0
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "instead of the 32000 asked for" in warning and "--sample-mb 0.003" in warning

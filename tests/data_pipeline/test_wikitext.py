@@ -33,6 +33,9 @@ def test_fixture_article():
         ("a {{Infobox|x={{Lang|fr|mot}}|y={{not_a_typo|z}}}} b", "a b"),  # kept inside dropped
         ("{{Not a typo|teh}} {{LANG-de|Wort}} {{nowrap}} {{small|s}}", "teh Wort s"),
         ("x {| a {{y|}} |} z", "x z"),  # a template's "|}" is not the table's end
+        ("{{nowrap|2.9 billion (bn) [[barrel (unit)|barrels]]}}", "2.9 billion (bn) barrels"),
+        ("{{small|[[Genitive|GEN]]}} and {{lang|de|[[Datei:x.png|thumb|Bild]]}}", "GEN and Bild"),
+        ("a [[unclosed link\nb ]] c [[d|e]]]] f", "a unclosed link\nb c e f"),  # stray brackets
         ("a {| unclosed {| inner |} b", "a {| unclosed b"),  # closed tables inside still go
         ("p {| a {| b {| c |} |} |} q {| d |} r", "p q r"),
         ("a <ref>x <b>y</b> z</ref> b <REF name=n /> c <ref>open", "a b c"),
