@@ -3,9 +3,14 @@
 Models hold architecture only; this module changes how they execute without touching their
 classes (no method patching). Order, as in torchtitan's `parallelize_llama`:
 
-    model = build_model(...)                  # on the meta device or the CPU
+    model = build_for_training(...)           # 0. whole, or partitioned as built (ZeRO-3)
     apply_activation_checkpointing(model)     # 1. replace self_attention_layers entries
     engine = deepspeed.initialize(model, ...) # 2. ZeRO / data parallelism (pretrain.trainer)
+
+Under ZeRO-3 the model is built inside `deepspeed.zero.Init`: every parameter is partitioned
+across the ranks as soon as its module is constructed, and `init_weights()` gathers one module at
+a time (`pretrain.models.attention.writable`), so no rank ever holds the whole model and the
+weights are the same for any number of ranks.
 
 Activation checkpointing wraps each entry of `model.self_attention_layers` (the latent stack of
 both Perceivers) in `torch.distributed`'s `CheckpointWrapper` with non-reentrant
@@ -18,6 +23,10 @@ models with and without checkpointing. With weight sharing across blocks (Percei
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
+import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     CheckpointImpl,
@@ -27,6 +36,8 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 
 __all__ = [
     "apply_activation_checkpointing",
+    "build_for_training",
+    "num_parameters",
     "checkpointed_layer_indices",
     "parallelize_model",
     "unwrapped_layer",
@@ -88,3 +99,29 @@ def parallelize_model(model: nn.Module, activation_checkpointing: bool | int = F
         every = 1 if activation_checkpointing is True else int(activation_checkpointing)
         apply_activation_checkpointing(model, every=every)
     return model
+
+
+def build_for_training(
+    model_type: str, model_cfg: Any, seed: int, ds_config: dict[str, Any] | None = None
+) -> nn.Module:
+    """Builds and initialises the model, partitioned while it is built when ``ds_config`` is a
+    ZeRO stage 3 config (see the module docstring); the weights depend only on ``seed``."""
+    from pretrain.models import build_model
+
+    stage = ((ds_config or {}).get("zero_optimization") or {}).get("stage", 0)
+    if stage == 3:
+        import deepspeed
+
+        context = deepspeed.zero.Init(config_dict_or_path=ds_config)
+    else:
+        context = contextlib.nullcontext()
+    torch.manual_seed(seed)  # the same initial weights on every rank
+    with context:
+        model = build_model(model_type, model_cfg)
+    model.init_weights()
+    return model
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Parameters of the whole model, also when ZeRO-3 holds only a slice of each on this rank."""
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())

@@ -20,8 +20,10 @@ that SDPA's `is_causal=True` is aligned to the top left and is only used here wh
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -322,18 +324,41 @@ class MLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x_bnc)))
 
 
+@contextlib.contextmanager
+def writable(*params: nn.Parameter) -> Iterator[None]:
+    """Makes parameters whole for initialisation code, one module's worth at a time.
+
+    A no-op for ordinary parameters. Parameters partitioned by DeepSpeed ZeRO-3 (a model built
+    under ``deepspeed.zero.Init``) hold only their rank's slice: they are gathered, rank 0's
+    writes are kept, and they are partitioned again. Rank 0 draws the same random numbers in the
+    same order as an unpartitioned initialisation, so the weights do not depend on the number of
+    ranks, and no rank ever holds more than one module's parameters whole.
+    """
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0):
+        yield
+
+
 @torch.no_grad()
 def init_standard_weights(root: nn.Module, std: float) -> None:
     """HF-style initialisation of every submodule: N(0, std) for Linear and Embedding weights,
     zero biases, unit LayerNorm scales. Models add their own learned vectors afterwards."""
     for module in root.modules():
-        if isinstance(module, nn.Linear | nn.Embedding):
+        if not isinstance(module, nn.Linear | nn.Embedding | nn.LayerNorm):
+            continue
+        with writable(*module.parameters(recurse=False)):
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+                continue
             nn.init.normal_(module.weight, std=std)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
 
 
 class CrossAttentionLayer(nn.Module):

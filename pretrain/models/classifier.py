@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretrain.models.attention import writable
 from pretrain.models.flops import (
     cross_attention_layer_flops,
     cross_attention_layer_params,
@@ -127,7 +128,8 @@ class PerceiverClassifier(PerceiverIOEncoder):
     def init_weights(self) -> None:
         """N(0, init_scale) for weights, embeddings, latents and the class query (as the MLM)."""
         super().init_weights()
-        nn.init.normal_(self.class_query, std=self.cfg.init_scale)
+        with writable(self.class_query):
+            nn.init.normal_(self.class_query, std=self.cfg.init_scale)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Class logits (or the regression output).

@@ -31,7 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.models.attention import CrossAttentionLayer, SelfAttentionLayer, init_standard_weights
+from pretrain.models.attention import (
+    CrossAttentionLayer,
+    SelfAttentionLayer,
+    init_standard_weights,
+    writable,
+)
 from pretrain.models.flops import (
     cross_attention_layer_flops,
     cross_attention_layer_params,
@@ -420,7 +425,8 @@ class PerceiverMultimodal(nn.Module):
         init_standard_weights(self, std)
         vectors = [self.latents, self.label_mask_token, self.label_query]
         for p in [*vectors, *self.input_padding.values(), *self.query_padding.values()]:
-            nn.init.normal_(p, std=std)
+            with writable(p):
+                nn.init.normal_(p, std=std)
 
     def _pad(self, x_bnc: Tensor, padding: Tensor) -> Tensor:
         b, n, _ = x_bnc.shape

@@ -33,6 +33,7 @@ from pretrain.models.attention import (
     init_standard_weights,
     padding_mask_or_none,
     rotary_embedding,
+    writable,
 )
 from pretrain.models.flops import (
     cross_attention_layer_flops,
@@ -254,7 +255,8 @@ class PerceiverAR(nn.Module):
     def init_weights(self) -> None:
         """N(0, init_scale) weights and embeddings, zero biases, unit LayerNorm scales."""
         init_standard_weights(self, self.cfg.init_scale)
-        nn.init.zeros_(self.output_bias)
+        with writable(self.output_bias):
+            nn.init.zeros_(self.output_bias)
 
     def _rope(self, positions_bn: Tensor) -> Rope | None:
         if self.cfg.rotary_dim == 0:

@@ -27,6 +27,7 @@ from pretrain.models.attention import (
     SelfAttentionLayer,
     init_standard_weights,
     padding_mask_or_none,
+    writable,
 )
 from pretrain.models.flops import (
     cross_attention_layer_flops,
@@ -230,7 +231,8 @@ class PerceiverIOEncoder(nn.Module):
         """HF initialisation: N(0, init_scale) for weights, embeddings and latents; heads extend
         it for their own parameters."""
         init_standard_weights(self, self.cfg.init_scale)
-        nn.init.normal_(self.latents, std=self.cfg.init_scale)
+        with writable(self.latents):
+            nn.init.normal_(self.latents, std=self.cfg.init_scale)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Embeds the tokens and returns the processed latents z_bnD.
@@ -270,8 +272,9 @@ class PerceiverMLM(PerceiverIOEncoder):
     def init_weights(self) -> None:
         """HF initialisation: N(0, init_scale) for weights, embeddings, latents and queries."""
         super().init_weights()
-        nn.init.normal_(self.output_queries, std=self.cfg.init_scale)
-        nn.init.zeros_(self.output_bias)
+        with writable(self.output_queries, self.output_bias):
+            nn.init.normal_(self.output_queries, std=self.cfg.init_scale)
+            nn.init.zeros_(self.output_bias)
 
     def decode(self, z_bnd: Tensor, queries_bkc: Tensor) -> Tensor:
         """Cross-attends decoder queries (rows of `output_queries`) to the latents z_bnD.
