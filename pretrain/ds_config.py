@@ -21,18 +21,24 @@ def build_ds_config(
     """
     t = cfg.trainer
     zero: dict[str, Any] = {"stage": t.zero_stage}
+    # Buckets sized to the model (the rule of HF's DeepSpeed integration: width^2 elements), so
+    # that they do not cost more memory than ZeRO saves on a small model, capped at 5e7.
+    width = _model_width(cfg)
+    bucket = int(min(5e7, max(width * width, 1e6)))
     if t.zero_stage >= 1:
         zero.update(
             contiguous_gradients=True,
             overlap_comm=on_gpu,
             reduce_scatter=True,
-            reduce_bucket_size=int(5e7),
-            allgather_bucket_size=int(5e7),
+            reduce_bucket_size=bucket,
+            allgather_bucket_size=bucket,
         )
     if t.zero_stage == 3:
         zero.update(
-            stage3_prefetch_bucket_size=int(5e7),
-            stage3_param_persistence_threshold=int(1e5),
+            stage3_prefetch_bucket_size=int(0.9 * bucket),
+            stage3_param_persistence_threshold=10 * width,
+            stage3_max_live_parameters=bucket,
+            stage3_max_reuse_distance=bucket,
             stage3_gather_16bit_weights_on_model_save=False,
         )
     ds: dict[str, Any] = {
@@ -61,3 +67,9 @@ def build_ds_config(
         # supports this mix with ZeRO only
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     return ds
+
+
+def _model_width(cfg: Config) -> int:
+    """The model's widest channel count (its hidden size), for sizing ZeRO's buckets."""
+    widths = [v for k, v in cfg.model.items() if "channels" in k and isinstance(v, int)]
+    return max(widths, default=1024)
