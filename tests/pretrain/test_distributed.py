@@ -75,6 +75,23 @@ def test_srun_missing_variable_is_a_clear_error():
         env_from_slurm({"SLURM_PROCID": "0"})
 
 
+def test_stop_signal_first_ctrl_c_requests_a_stop_the_second_stops_at_once():
+    from pretrain.signals import StopSignal
+
+    before = signal.getsignal(signal.SIGINT)
+    stopper = StopSignal()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stopper.requested and stopper.signum == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGUSR2)  # other signals only (re)set the flag
+        assert stopper.signum == signal.SIGUSR2
+    finally:
+        stopper.restore()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 # --------------------------------------------------------------------------------------------
 # Ctrl-C and the --nproc-per-node launcher (2 CPU ranks, tiny MLM)
 
