@@ -86,10 +86,11 @@ _shm_checked = False
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: workers ignore the stop signals the trainer handles.
 
-    Slurm signals every process of a job step (SIGUSR1/SIGUSR2 warnings, SIGTERM); a worker
-    killed by one would take the training process down before it can save its checkpoint.
+    Slurm signals every process of a job step (SIGUSR1/SIGUSR2 warnings, SIGTERM), a terminal's
+    Ctrl-C every process of its foreground group (SIGINT); a worker killed by one would take the
+    training process down before it can save its checkpoint.
     """
-    for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, signal.SIG_IGN)
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from pretrain.config import Config, ConfigError, load_config
+from pretrain.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopSignal
 
 
 def _describe(cfg: Config, world_size: int) -> str:
@@ -43,54 +41,6 @@ def _describe(cfg: Config, world_size: int) -> str:
     return "\n".join(lines)
 
 
-def spawn_local(argv: list[str], nproc: int) -> int:
-    """Start ``nproc`` local ranks of ``perceiver <argv>`` (like torchrun) and wait for them.
-
-    SIGTERM / SIGUSR1 received by this process are forwarded to every rank so that a preemption
-    notice reaches the training loop; if one rank fails the others are terminated.
-    """
-    from pretrain.distributed import free_port
-
-    port = free_port()
-    procs: list[subprocess.Popen] = []
-    for rank in range(nproc):
-        env = dict(os.environ)
-        env.update(
-            RANK=str(rank),
-            WORLD_SIZE=str(nproc),
-            LOCAL_RANK=str(rank),
-            LOCAL_WORLD_SIZE=str(nproc),
-            MASTER_ADDR="127.0.0.1",
-            MASTER_PORT=str(port),
-            PERCEIVER_SPAWNED_RANK="1",
-        )
-        procs.append(subprocess.Popen([sys.executable, "-m", "pretrain.cli", *argv], env=env))
-
-    def forward(signum, frame):
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
-    try:
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed:
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
-                for p in procs:
-                    p.wait()
-                return failed[0]
-            if all(c == 0 for c in codes):
-                return 0
-            time.sleep(0.2)
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
@@ -101,10 +51,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         world = args.nproc_per_node or int(os.environ.get("WORLD_SIZE", "1"))
         print(_describe(cfg, world))
         return 0
+    spawn = args.nproc_per_node and not os.environ.get("PERCEIVER_SPAWNED_RANK")
+    # A rank owns its stop signals from here on: one arriving during the slow start-up is kept
+    # and acted on at the first step boundary (the launcher only forwards them).
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
+    stopper = None if spawn else StopSignal(announce=rank == "0")
+    from pretrain import distributed as dist_utils
     from pretrain.objectives import check_data
 
     check_data(cfg)  # refuse shards that do not fit the model before any process starts
-    if args.nproc_per_node and not os.environ.get("PERCEIVER_SPAWNED_RANK"):
+    if spawn:
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "SLURM_PROCID" not in os.environ:
             print(
                 "error: --nproc-per-node spawns its own ranks, but this process was already "
@@ -116,18 +72,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv = ["train", args.config, *args.overrides]
         if args.stop_at_step is not None:
             argv += ["--stop-at-step", str(args.stop_at_step)]
-        return spawn_local(argv, args.nproc_per_node)
+        return dist_utils.spawn_local(argv, args.nproc_per_node)
 
     from pretrain.trainer import train
 
-    result = train(cfg, stop_at_step=args.stop_at_step)
+    try:
+        result = train(cfg, stop_at_step=args.stop_at_step, stopper=stopper)
+    except KeyboardInterrupt:
+        print("perceiver: stopped at once (second Ctrl-C), without a checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if int(os.environ.get("RANK", "0")) == 0:
         path = Path(result.run_dir) / "summary.json"
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(json.dumps(result.to_dict(), indent=2))
         tmp.replace(path)
         print(f"{result.status} at step {result.state.step}; checkpoint: {result.checkpoint}")
-    return 0
+    # No rank exits before the summary is written: a non-zero exit makes `srun
+    # --kill-on-bad-exit` (and the local launcher) end the other ranks.
+    dist_utils.barrier()
+    return EXIT_PREEMPTED if result.status == "preempted" else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,16 +11,24 @@ Supported launchers, detected from the environment in this order:
 
 The variables are exported into ``os.environ`` because mosaicml-streaming reads ``WORLD_SIZE``,
 ``RANK``, ``LOCAL_WORLD_SIZE`` itself when a dataset is built.
+
+``spawn_local`` is the ``--nproc-per-node`` launcher (exit codes: ``pretrain.signals``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
+
+from pretrain.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, STOP_SIGNALS
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,76 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
     if "SLURM_PROCID" in environ and int(environ.get("SLURM_NTASKS", "1")) > 1:
         return env_from_slurm(environ)
     return DistEnv(0, 1, 0, 1, "127.0.0.1", int(environ.get("MASTER_PORT", 0)) or free_port())
+
+
+def spawn_local(argv: list[str], nproc: int, kill_after_s: float = 10.0) -> int:
+    """Start ``nproc`` local ranks of ``perceiver <argv>`` (like torchrun) and wait for them.
+
+    The ranks run in their own session, so a Ctrl-C at the terminal reaches only this process,
+    which forwards SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 to every rank: the ranks save at the next
+    step boundary and stop (:data:`EXIT_PREEMPTED`). A second Ctrl-C stops them at once: it is
+    forwarded too, and ranks still alive ``kill_after_s`` later (e.g. blocked in a collective) are
+    killed. If a rank fails, the others are terminated.
+
+    Returns:
+        0 if every rank finished; :data:`EXIT_PREEMPTED` after a stop with a checkpoint;
+        :data:`EXIT_INTERRUPTED` after a second Ctrl-C; else the first failing rank's code.
+    """
+    port = free_port()
+    procs: list[subprocess.Popen] = []
+    for rank in range(nproc):
+        env = dict(os.environ)
+        env.update(
+            RANK=str(rank),
+            WORLD_SIZE=str(nproc),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE=str(nproc),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            PERCEIVER_SPAWNED_RANK="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "pretrain.cli", *argv], env=env, start_new_session=True
+            )
+        )
+    interrupts = 0
+    kill_at: float | None = None
+
+    def forward(signum, frame):
+        nonlocal interrupts, kill_at
+        if signum == signal.SIGINT:
+            interrupts += 1
+            if interrupts == 2:
+                print("perceiver: second Ctrl-C: stopping the ranks now", file=sys.stderr)
+                kill_at = time.monotonic() + kill_after_s
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
+                if interrupts >= 2:
+                    return EXIT_INTERRUPTED
+                failed = [c for c in codes if c != 0]
+                return EXIT_PREEMPTED if EXIT_PREEMPTED in codes else (failed or [0])[0]
+            failed = [c for c in codes if c not in (None, 0, EXIT_PREEMPTED)]
+            if failed or (kill_at is not None and time.monotonic() > kill_at):
+                for p in procs:
+                    if p.poll() is None and kill_at is not None:
+                        p.kill()
+                    elif p.poll() is None:
+                        p.terminate()
+                for p in procs:
+                    p.wait()
+                return EXIT_INTERRUPTED if interrupts >= 2 else failed[0]
+            time.sleep(0.1)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def resolve_device(requested: str) -> torch.device:

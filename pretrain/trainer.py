@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from pretrain import distributed as dist_utils
 from pretrain.config import Config, save_config
 from pretrain.metrics import MetricLogger, Throughput, detect_peak_flops, peak_memory_bytes
 from pretrain.objectives import Objective, build_objective
+from pretrain.signals import StopSignal
 
 VAL_KEY_OFFSET = 1 << 40  # validation masks use keys disjoint from training's
 
@@ -68,33 +68,6 @@ class TrainResult:
             "num_params": self.num_params,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
         }
-
-
-class StopSignal:
-    """Sets a flag on SIGUSR1/SIGUSR2/SIGTERM; ranks agree on it at step boundaries (see the loop).
-
-    SIGUSR2 is the warning signal submitit asks Slurm for (``--signal=USR2@...``); docs/slurm.md.
-    """
-
-    def __init__(
-        self, signals: tuple[int, ...] = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM)
-    ) -> None:
-        self.requested = False
-        self.signum: int | None = None
-        self._previous = {}
-        for s in signals:
-            try:
-                self._previous[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread (e.g. inside a test harness thread)
-                pass
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        self.signum = signum
-
-    def restore(self) -> None:
-        for s, h in self._previous.items():
-            signal.signal(s, h)
 
 
 class _EpochLoader:
@@ -250,15 +223,25 @@ def evaluate(engine, loader, objective: Objective, max_batches: int, device, wor
     return objective.summarize(_reduce(sums, objective.stat_keys, device), "val")
 
 
-def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
+def train(
+    cfg: Config, *, stop_at_step: int | None = None, stopper: StopSignal | None = None
+) -> TrainResult:
     """Run (or resume) training as described by ``cfg``; every rank calls this.
 
     Args:
         cfg: the validated config.
         stop_at_step: stop (with a checkpoint) after this many steps even though the schedule
             runs to ``trainer.max_steps``; used to test and demonstrate exact resumption.
+        stopper: the caller's stop-signal handler, installed before its own start-up; without
+            one, train installs its own before anything slow and restores the previous handlers.
     """
     env = dist_utils.detect_env()
+    if stopper is None:
+        stopper = StopSignal(announce=env.is_main)
+        try:
+            return train(cfg, stop_at_step=stop_at_step, stopper=stopper)
+        finally:
+            stopper.restore()
     device = dist_utils.resolve_device(cfg.trainer.device)
     dist_utils.init_distributed(env, device)
     if device.type == "cpu":
@@ -323,7 +306,6 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     last_grad_norm = float("nan")
     flops_per_sample = objective.flops_per_sample(model_cfg)
     peak_flops = detect_peak_flops(device, t.peak_flops)
-    stopper = StopSignal()
     result = TrainResult(
         "finished", state, run_dir, None, num_params=num_params, resumed_from=resume_path
     )
@@ -424,7 +406,6 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
             if probes is not None and state.step % cfg.probes.every == 0:
                 probes.run(engine, state.step)
     finally:
-        stopper.restore()
         if progress is not None:
             progress.close()
         logger.close()

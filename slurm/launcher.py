@@ -9,17 +9,17 @@ The generated batch script runs ``srun`` with one task per GPU (or per CPU rank)
 Preemption, the choice made here (docs/slurm.md has the whole story):
 
 * The job asks for ``--signal=USR2@<delay>`` (submitit's warning signal) and ``--requeue``.
-* Inside the training loop ``pretrain.trainer.StopSignal`` owns SIGUSR1/SIGUSR2/SIGTERM on every
-  rank: a signal sets a flag, the ranks all-reduce it at the next step boundary and write one
-  collective checkpoint, and ``train`` returns ``preempted``. submitit's own handler, which would
-  call :meth:`TrainJob.checkpoint` on rank 0 only and requeue at once, is not involved: a ZeRO
-  checkpoint needs every rank.
+* ``pretrain.signals.StopSignal`` owns SIGINT/SIGTERM/SIGUSR1/SIGUSR2 on every rank from the first
+  line of :meth:`TrainJob.__call__`, before the slow start-up (process group, model, engine,
+  loaders): a signal only sets a flag, which the ranks all-reduce at every step boundary from the
+  first step on; when set they write one collective checkpoint and ``train`` returns
+  ``preempted``. A signal during start-up is therefore acted on after the first step, not lost.
+  submitit's own handler (rank 0 calls :meth:`TrainJob.checkpoint` and requeues at once, which
+  cannot write a ZeRO checkpoint) is replaced before anything slow runs.
 * Requeueing is done after ``srun`` returns, by the batch script's ``end`` hook (one place for both
-  launch paths): it requeues after a warning-signal stop, and leaves the job alone when Slurm is
-  already ending it (``scontrol requeue``, preemption, ``scancel``).
-* Before the loop starts (imports, model build) submitit's handler is still installed: a warning
-  signal then makes rank 0 call :meth:`TrainJob.checkpoint`, which requeues without saving
-  (nothing was trained since the newest checkpoint).
+  launch paths): it requeues after a warning-signal stop that made progress, and leaves the job
+  alone when Slurm is already ending it (``scontrol requeue``, preemption, ``scancel``). A job
+  that made no progress since its last start is not requeued (it would requeue forever).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -89,11 +88,6 @@ def setup_task_env() -> Any:
     return detect_env()
 
 
-def _warning_signal() -> int:
-    """The signal submitit asked Slurm for (``SUBMITIT_PREEMPT_SIGNAL``, default USR2)."""
-    return int(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")))
-
-
 def summarize_result(result: Any, environ: Mapping[str, str]) -> dict[str, Any]:
     """The ``summary.json`` written when training returns (same keys as ``perceiver train``)."""
     return {
@@ -121,6 +115,11 @@ class TrainJob:
 
     def __call__(self) -> dict[str, Any]:
         """Set up the distributed environment, train (or resume), write the summary on rank 0."""
+        from pretrain.signals import StopSignal
+
+        # Replaces submitit's handlers for good: a signal from here on, start-up included, is
+        # agreed on at a step boundary; one after training has nothing left to save.
+        stopper = StopSignal(announce=os.environ.get("SLURM_PROCID", "0") == "0")
         env = setup_task_env()
         cfg = copy.deepcopy(self.cfg)
         if lifecycle.restart_count(os.environ) > 0:
@@ -131,10 +130,7 @@ class TrainJob:
         from pretrain.trainer import train
 
         try:
-            result = train(cfg)
-            # Training is over for this allocation: a late warning signal has nothing to save,
-            # and the end hook decides about requeueing.
-            signal.signal(_warning_signal(), signal.SIG_IGN)
+            result = train(cfg, stopper=stopper)
             summary = summarize_result(result, os.environ)
             if env.is_main:
                 _write_json_atomic(Path(cfg.trainer.run_dir) / lifecycle.SUMMARY_FILE, summary)
@@ -146,41 +142,29 @@ class TrainJob:
     def checkpoint(self) -> Any:
         """Called by submitit on global rank 0 when its warning signal arrives outside the loop.
 
-        Only reachable before ``train`` installed its own handlers (start-up), when no step was
-        taken since the newest complete checkpoint: requeue without saving, up to
-        ``trainer.max_requeues``.
+        Only reachable in the moment between submitit installing its handler and
+        :meth:`__call__` replacing it, when nothing was trained since this start: a requeue then
+        would make no progress (and could repeat forever), so the job is not requeued and the
+        reason is recorded (``perceiver status`` shows it).
 
         Returns:
-            A ``DelayedSubmission`` of this job (submitit then requeues it), or None once the
-            requeues are used up.
+            None: submitit then ends the job without requeueing it.
         """
-        from submitit.helpers import DelayedSubmission
-
-        restarts = lifecycle.restart_count(os.environ)
-        run_dir = self.cfg.trainer.run_dir
-        if restarts >= self.cfg.trainer.max_requeues:
-            lifecycle.append_event(
-                run_dir,
-                {
-                    "event": "end",
-                    "job_id": lifecycle.job_id_of(os.environ),
-                    "action": "stop",
-                    "reason": f"warning signal during start-up; trainer.max_requeues="
-                    f"{self.cfg.trainer.max_requeues} requeues are used up",
-                },
-            )
-            return None
+        settings = lifecycle.read_run_settings(self.cfg.trainer.run_dir)
+        step = lifecycle.latest_checkpoint_step(settings.checkpoint_dir)
         lifecycle.append_event(
-            run_dir,
+            self.cfg.trainer.run_dir,
             {
                 "event": "end",
                 "job_id": lifecycle.job_id_of(os.environ),
-                "restart_count": restarts,
-                "action": "requeue",
-                "reason": "warning signal during start-up (nothing to save)",
+                "restart_count": lifecycle.restart_count(os.environ),
+                "action": "stop",
+                "reason": lifecycle.no_progress_reason(
+                    "warning signal before training started", step
+                ),
             },
         )
-        return DelayedSubmission(TrainJob(self.cfg))
+        return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ Both launch paths (submitit's generated script and ``slurm/templates/train.sbatc
 * The run finished: nothing to do.
 * Training stopped on the warning signal (``--signal=USR2@T``: time limit or preemption notice):
   the ranks agreed and wrote a collective checkpoint; ``end`` requeues the job with
-  ``scontrol requeue``, unless it already was requeued ``trainer.max_requeues`` times.
+  ``scontrol requeue``, unless it already was requeued ``trainer.max_requeues`` times, or it made
+  no progress since this start (no newer complete checkpoint): that would requeue forever.
 * Training crashed (a rank was killed, a node died): requeue if the run made progress (a newer
   complete checkpoint than at the start) and the cap is not reached; a crash without progress is
   not retried, so a deterministic bug does not loop. The restart resumes from the newest
@@ -188,6 +189,16 @@ class Decision:
     exit_code: int  # of the batch script (decides COMPLETED/FAILED when not requeued)
 
 
+def no_progress_reason(what: str, step: int | None) -> str:
+    """Why a job that made no progress since its start is not requeued (events, logs, status)."""
+    at = "no checkpoint yet" if step is None else f"newest complete checkpoint still step {step}"
+    return (
+        f"{what}, but no progress since this start ({at}); not requeued, since a job that makes "
+        "no progress would requeue forever: give the job more time (--time, --signal-delay) or "
+        "resubmit"
+    )
+
+
 def decide(
     *,
     job_state: str | None,
@@ -214,6 +225,8 @@ def decide(
     if summary_status in ("finished", "stopped"):
         return Decision("done", f"training {summary_status}", 0)
     progressed = latest_step is not None and (start_step is None or latest_step > start_step)
+    if summary_status == "preempted" and not progressed:
+        return Decision("stop", no_progress_reason("stopped on a signal", latest_step), 1)
     if summary_status == "preempted":
         why = "stopped on the warning signal after a collective checkpoint"
     elif exit_code != 0 and progressed:

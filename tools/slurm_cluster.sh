@@ -2,12 +2,14 @@
 # A real two-node Slurm cluster on this one machine, for tests and for trying `perceiver submit`.
 #
 #   tools/slurm_cluster.sh start    # idempotent: (re)writes the config, starts what is not running
-#   tools/slurm_cluster.sh stop     # stops the daemons this script started (by their pid files)
+#   tools/slurm_cluster.sh stop     # stops its daemons (by their pid files), removes its hosts lines
 #   tools/slurm_cluster.sh status   # daemons, nodes, queue; exit 0 only if the cluster answers
 #   tools/slurm_cluster.sh env      # prints `export SLURM_CONF=...` for a shell: eval "$(... env)"
 #
 # Needs the Debian packages slurmctld slurmd slurm-client munge (tools/ci_slurm_setup.sh installs
 # them) and root (slurmd runs jobs as their submitting user, and /etc/hosts gets n1, n2).
+# PERCEIVER_SLURM_DIR and PERCEIVER_SLURM_PORT (controller; the nodes use the next two ports) make
+# it private: several clusters can run on one host, each reached only through its own SLURM_CONF.
 #
 # What it builds, all under $PERCEIVER_SLURM_DIR (default /tmp/perceiver-slurm):
 #   munge/      a private munge key, socket and munged (does not touch a system munged)
@@ -15,16 +17,17 @@
 #               127.0.0.1 and are served by two slurmd daemons on different ports, each in its
 #               own mount namespace with a private /dev/shm (like two machines)
 #   spool/ state/ log/ run/   daemon state, logs and pid files
-# /etc/slurm/slurm.conf becomes a symlink to it unless a real config is already there, so that
-# sbatch/squeue work without SLURM_CONF; otherwise export SLURM_CONF (see `env`).
+# Nothing outside it is written except /etc/hosts lines tagged with $DIR (removed by `stop`);
+# /etc/slurm is never touched: Slurm commands reach this cluster through SLURM_CONF (see `env`),
+# and jobs inherit it.
 set -euo pipefail
 
-DIR=${PERCEIVER_SLURM_DIR:-/tmp/perceiver-slurm}
+DIR=$(realpath -m "${PERCEIVER_SLURM_DIR:-/tmp/perceiver-slurm}")
 CTLD_PORT=${PERCEIVER_SLURM_PORT:-16817}
 NODES=(n1 n2)
 CONF=$DIR/slurm.conf
 MUNGE_SOCKET=$DIR/munge/munge.socket
-SYSTEM_CONF=/etc/slurm/slurm.conf
+HOSTS_TAG="# perceiver test slurm cluster $DIR"
 
 log() { echo "slurm_cluster: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -48,13 +51,18 @@ need_tools() {
                "in a container, run it with --cap-add SYS_ADMIN (or --privileged)"
 }
 
-write_hosts() {
+write_hosts() {  # one tagged line per node, even if another cluster has the same names
     local n
     for n in "${NODES[@]}"; do
-        if ! grep -Eq "^[[:space:]]*127\.0\.0\.1([[:space:]].*)?[[:space:]]$n([[:space:]]|\$)" /etc/hosts; then
-            echo "127.0.0.1 $n  # perceiver test slurm cluster" >>/etc/hosts
-        fi
+        grep -qxF "127.0.0.1 $n  $HOSTS_TAG" /etc/hosts || echo "127.0.0.1 $n  $HOSTS_TAG" >>/etc/hosts
     done
+}
+
+remove_hosts() {  # in place: /etc/hosts may be a bind mount that cannot be replaced by a rename
+    local n kept patterns=()
+    for n in "${NODES[@]}"; do patterns+=(-e "127.0.0.1 $n  $HOSTS_TAG"); done
+    kept=$(grep -vxF "${patterns[@]}" /etc/hosts || true)
+    [[ $kept == "$(cat /etc/hosts)" ]] || printf '%s\n' "$kept" >/etc/hosts
 }
 
 write_config() {
@@ -111,12 +119,6 @@ EOF
         rm "$CONF.tmp"
     else
         mv "$CONF.tmp" "$CONF"
-    fi
-    if [[ ! -e $SYSTEM_CONF || -L $SYSTEM_CONF ]]; then
-        mkdir -p "$(dirname "$SYSTEM_CONF")"
-        ln -sfn "$CONF" "$SYSTEM_CONF"
-    elif [[ $(readlink -f "$SYSTEM_CONF") != "$CONF" ]]; then
-        log "note: $SYSTEM_CONF is a real config; export SLURM_CONF=$CONF to reach this cluster"
     fi
 }
 
@@ -208,9 +210,7 @@ cmd_stop() {
     done
     stop_pidfile slurmctld "$DIR/run/slurmctld.pid"
     stop_pidfile munged "$DIR/munge/munged.pid"
-    if [[ -L $SYSTEM_CONF && $(readlink "$SYSTEM_CONF") == "$CONF" ]]; then
-        rm -f "$SYSTEM_CONF"
-    fi
+    remove_hosts
     log "stopped"
 }
 
@@ -235,6 +235,6 @@ case ${1:-} in
     stop) cmd_stop ;;
     restart) cmd_stop; cmd_start ;;
     status) cmd_status ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
+    env) printf 'export SLURM_CONF=%q\n' "$CONF" ;;
     *) echo "usage: $0 {start|stop|restart|status|env}" >&2; exit 2 ;;
 esac

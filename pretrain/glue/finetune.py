@@ -204,7 +204,7 @@ def train_run(run: GlueRun, nproc: int = 1) -> None:
         return
     check_data(run.cfg)
     if nproc > 1:
-        from pretrain.cli import spawn_local
+        from pretrain.distributed import spawn_local
 
         path = run.run_dir / "train.yaml"
         save_config(run.cfg, path)

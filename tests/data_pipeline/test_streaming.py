@@ -158,7 +158,8 @@ def test_loader_workers_ignore_stop_signals(tmp_path):
 
     from data_pipeline.streaming import ignore_stop_signals
 
-    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    before = {s: signal.getsignal(s) for s in stops}
     try:
         ignore_stop_signals(0)
         assert all(signal.getsignal(s) is signal.SIG_IGN for s in before)

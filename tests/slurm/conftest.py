@@ -25,9 +25,8 @@ CLUSTER_DIR = Path(os.environ.get("PERCEIVER_SLURM_DIR", "/tmp/perceiver-slurm")
 def slurm_env(**extra: str) -> dict[str, str]:
     """Environment for Slurm commands and the jobs they submit (sbatch exports it to the job)."""
     env = dict(os.environ)
-    if "SLURM_CONF" not in env and not Path("/etc/slurm/slurm.conf").exists():
-        if (CLUSTER_DIR / "slurm.conf").is_file():
-            env["SLURM_CONF"] = str(CLUSTER_DIR / "slurm.conf")
+    if "SLURM_CONF" not in env and (CLUSTER_DIR / "slurm.conf").is_file():
+        env["SLURM_CONF"] = str(CLUSTER_DIR / "slurm.conf")  # tools/slurm_cluster.sh's own config
     pythonpath = env.get("PYTHONPATH")
     env["PYTHONPATH"] = f"{REPO}:{pythonpath}" if pythonpath else str(REPO)
     env["DS_ACCELERATOR"] = "cpu"

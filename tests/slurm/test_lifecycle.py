@@ -32,7 +32,11 @@ BASE = dict(
         ({"summary_status": "stopped"}, "done", 0),
         # Warning signal: the ranks saved; requeue unless the cap is reached.
         ({"summary_status": "preempted", "latest_step": 55}, "requeue", 0),
-        ({"summary_status": "preempted", "restarts": 3}, "stop", 1),
+        ({"summary_status": "preempted", "start_step": None, "latest_step": 1}, "requeue", 0),
+        ({"summary_status": "preempted", "latest_step": 55, "restarts": 3}, "stop", 1),
+        # ... but not without progress since this start: it would requeue forever.
+        ({"summary_status": "preempted"}, "stop", 1),
+        ({"summary_status": "preempted", "start_step": None, "latest_step": None}, "stop", 1),
         # Crash: requeue after progress only.
         ({"exit_code": 137, "latest_step": 60}, "requeue", 0),
         ({"exit_code": 137, "start_step": None, "latest_step": 20}, "requeue", 0),
@@ -42,7 +46,7 @@ BASE = dict(
         # srun succeeded but nobody wrote a summary: something is wrong, do not loop.
         ({}, "stop", 1),
         # Slurm did not answer: decide from the files.
-        ({"job_state": None, "summary_status": "preempted"}, "requeue", 0),
+        ({"job_state": None, "summary_status": "preempted", "latest_step": 41}, "requeue", 0),
     ],
 )
 def test_decide(change, action, exit_code):
@@ -51,8 +55,11 @@ def test_decide(change, action, exit_code):
 
 
 def test_reasons_explain():
-    assert (
-        "max_requeues=3" in decide(**{**BASE, "summary_status": "preempted", "restarts": 3}).reason
+    preempted = {**BASE, "summary_status": "preempted", "latest_step": 41}
+    assert "max_requeues=3" in decide(**{**preempted, "restarts": 3}).reason
+    assert decide(**{**BASE, "summary_status": "preempted"}).reason.startswith(
+        "stopped on a signal, but no progress since this start (newest complete checkpoint still "
+        "step 40); not requeued"
     )
     assert "JobState=COMPLETING" in decide(**{**BASE, "job_state": "COMPLETING"}).reason
     assert "without a new checkpoint" in decide(**{**BASE, "exit_code": 9}).reason
@@ -98,23 +105,48 @@ def test_template_start_snapshots_once_and_resumes_after_requeue(tmp_path, monke
     assert load_config(snap).trainer.run_dir == str(run_dir)  # the snapshot loads as a config
 
 
-def test_submitit_checkpoint_requeues_until_the_cap(tmp_path, monkeypatch):
-    """submitit calls TrainJob.checkpoint() on rank 0 for a warning signal during start-up."""
+def test_submitit_checkpoint_refuses_a_requeue_without_progress(tmp_path, monkeypatch):
+    """submitit calls TrainJob.checkpoint() on rank 0 for its warning signal before TrainJob
+    installed its own handler: nothing was trained since this start, so no requeue."""
     from pretrain.config import load_config
     from slurm.launcher import TrainJob
+    from slurm.status import format_status, gather_status
 
     cfg = load_config(
-        REPO / "configs" / "tiny_mlm.yaml",
-        ["data.dir=shards", f"trainer.run_dir={tmp_path}", "trainer.max_requeues=2"],
+        REPO / "configs" / "tiny_mlm.yaml", ["data.dir=shards", f"trainer.run_dir={tmp_path}"]
     )
-    monkeypatch.setenv("SLURM_JOB_ID", "9")
+    monkeypatch.setenv("SLURM_JOB_ID", "987654321")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    delayed = TrainJob(cfg).checkpoint()
-    assert isinstance(delayed.function, TrainJob) and delayed.function.cfg == cfg
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     assert TrainJob(cfg).checkpoint() is None
-    actions = [e["action"] for e in lifecycle.read_events(tmp_path)]
-    assert actions == ["requeue", "stop"]
+    (end,) = lifecycle.read_events(tmp_path)
+    assert (end["event"], end["action"], end["restart_count"]) == ("end", "stop", 1)
+    assert end["reason"].startswith(
+        "warning signal before training started, but no progress since this start (no "
+        "checkpoint yet); not requeued"
+    )
+    assert f"last decision:    stop: {end['reason']}" in format_status(gather_status(tmp_path))
+
+
+def test_preempted_without_progress_is_not_requeued_and_status_says_why(tmp_path):
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints" / "step_00000020"
+    ckpt.mkdir(parents=True)
+    (ckpt / "COMPLETE").write_text("{}")
+    env = {"SLURM_JOB_ID": "987654321", "SLURM_RESTART_COUNT": "3"}
+    lifecycle.on_start(run_dir, env)
+    (run_dir / "summary.json").write_text(
+        json.dumps({"status": "preempted", "slurm_job_id": "987654321", "slurm_restart_count": 3})
+    )
+    decision = lifecycle.on_end(run_dir, 75, env)
+    assert (decision.action, decision.exit_code) == ("stop", 1)
+    assert "no progress since this start (newest complete checkpoint still step 20)" in (
+        decision.reason
+    )
+    from slurm.status import format_status, gather_status
+
+    text = format_status(gather_status(run_dir))
+    assert f"last decision:    stop: {decision.reason}" in text
+    assert lifecycle.read_events(run_dir)[-1]["reason"] == decision.reason
 
 
 def test_end_hook_reads_only_this_starts_summary(tmp_path):
@@ -128,7 +160,10 @@ def test_end_hook_reads_only_this_starts_summary(tmp_path):
     )
     decision = lifecycle.on_end(run_dir, 0, env)
     assert decision.action == "stop" and "without writing a summary" in decision.reason
-    # This start's: preempted -> requeue, which scontrol refuses for a job that does not exist.
+    # This start's: preempted after a checkpoint -> requeue, which scontrol refuses for a job
+    # that does not exist.
+    (run_dir / "checkpoints" / "step_00000010").mkdir(parents=True)
+    (run_dir / "checkpoints" / "step_00000010" / "COMPLETE").write_text("{}")
     summary.write_text(
         json.dumps({"status": "preempted", "slurm_job_id": "987654321", "slurm_restart_count": 1})
     )

@@ -7,6 +7,8 @@
 * ``slurm/templates/train.sbatch`` (plain sbatch + srun + perceiver train), one rank killed with
   SIGKILL mid-run: the job requeues itself, restarts from the last complete checkpoint and ends
   with the uninterrupted run's losses.
+* The warning signal while the ranks still start up (before the training loop): kept, agreed on
+  at the first step boundary, which is saved; the job requeues itself and finishes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +60,7 @@ def shards(tmp_path_factory, slurm_cluster) -> Path:
     return out
 
 
-def _submit(data_dir: Path, run_dir: Path) -> str:
+def _submit(data_dir: Path, run_dir: Path, max_steps: int = MAX_STEPS) -> str:
     proc = run(
         [
             sys.executable,
@@ -68,6 +71,7 @@ def _submit(data_dir: Path, run_dir: Path) -> str:
             f"data.dir={data_dir}",
             f"trainer.run_dir={run_dir}",
             *TRAIN,
+            f"trainer.max_steps={max_steps}",
             "--nodes",
             "2",
             "--time",
@@ -246,3 +250,65 @@ def test_sbatch_template_survives_a_killed_rank(shards, reference, tmp_path):
     repeated = sorted({r["step"] for r in rows if [x["step"] for x in rows].count(r["step"]) > 1})
     assert all(s > resumed_at for s in repeated), repeated
     assert rows[-1]["step"] == MAX_STEPS and rows[-1]["train/loss"] == ref[MAX_STEPS]
+
+
+def _submitit_tasks(job: str) -> list[int]:
+    """PIDs of the job's task processes (``python -m submitit.core._submit``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            exe = os.readlink(entry / "exe")
+        except OSError:
+            continue
+        if (
+            "python" in Path(exe).name  # not srun, whose command line names the same module
+            and b"submitit.core._submit" in cmdline
+            and f"SLURM_JOB_ID={job}".encode() in environ
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for ``signum`` (``SigCgt`` of /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+def test_warning_signal_during_start_up_is_kept_until_the_first_step(shards, tmp_path):
+    run_dir = tmp_path / "run"
+    steps = 30
+    job = _submit(shards, run_dir, max_steps=steps)
+    diag = lambda: diagnostics(run_dir, job)  # noqa: E731
+
+    # Both tasks run Python with a USR2 handler (submitit's, then the job's own), and are still
+    # starting up (imports, process group, model, engine, loaders): no step logged yet.
+    wait_until(
+        lambda: (
+            len(tasks := _submitit_tasks(job)) == 2
+            and all(_catches(p, signal.SIGUSR2) for p in tasks)
+        ),
+        JOB_TIMEOUT,
+        "both tasks handling USR2",
+        diag,
+    )
+    time.sleep(2)
+    assert not (run_dir / "metrics.jsonl").exists(), "start-up already over: " + diag()
+    run(["scancel", "--signal=USR2", job])
+    wait_until(lambda: job_done(job), JOB_TIMEOUT, "the job to finish", diag, interval=1)
+
+    info = job_info(job)
+    assert info.get("JobState") == "COMPLETED" and info.get("Restarts") == "1", diag()
+    starts = _starts(run_dir)
+    assert [s["restart_count"] for s in starts] == [0, 1], diag()
+    assert starts[1]["checkpoint_step"] == 1, diag()  # saved at the first step boundary
+    ends = [e for e in _events(run_dir) if e["event"] == "end"]
+    assert [(e["action"], e["restart_count"]) for e in ends] == [("requeue", 0), ("done", 1)]
+    assert "warning signal" in ends[0]["reason"], diag()
+    assert [r["step"] for r in metrics(run_dir)] == list(range(1, steps + 1)), diag()
