@@ -69,7 +69,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     if args.nproc_per_node and not os.environ.get("PERCEIVER_SPAWNED_RANK"):
-        from pretrain.cli import spawn_local
+        from pretrain.distributed import spawn_local
 
         argv = ["eval", args.run, "--data", args.data, "--split", args.split]
         for flag, value in (
