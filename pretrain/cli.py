@@ -1,6 +1,6 @@
 """The ``perceiver`` command: thin wrappers that parse, build and run.
 
-perceiver train CONFIG [key.sub=value ...] [--dry-run] [--nproc-per-node N]
+perceiver train CONFIG [key.sub=value ...] [--dry-run] [--nproc-per-node N]  (in any order)
 perceiver data prepare|inspect ...
 perceiver demo [--out DIR]
 """
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from pretrain.config import Config, ConfigError, load_config
+from pretrain.config import Config, ConfigError, check_inputs, load_config
 
 
 def _describe(cfg: Config, world_size: int) -> str:
@@ -94,6 +94,7 @@ def spawn_local(argv: list[str], nproc: int) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
+        check_inputs(cfg)  # data, resume and init_from paths: before any rank or file exists
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -101,9 +102,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         world = args.nproc_per_node or int(os.environ.get("WORLD_SIZE", "1"))
         print(_describe(cfg, world))
         return 0
-    from pretrain.objectives import check_data
-
-    check_data(cfg)  # refuse shards that do not fit the model before any process starts
     if args.nproc_per_node and not os.environ.get("PERCEIVER_SPAWNED_RANK"):
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "SLURM_PROCID" not in os.environ:
             print(
@@ -161,7 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a `nargs="*"` positional from the first run of positionals only, so
+    # overrides after a flag (`train CFG --nproc-per-node 2 key=val`) arrive here
+    if extra:
+        flags = [a for a in extra if a.startswith("-")]
+        if flags or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

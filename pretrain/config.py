@@ -530,6 +530,39 @@ def config_from_dict(
     return cfg
 
 
+def check_inputs(cfg: Config) -> None:
+    """Check what the run will read, before any process starts or any file is written: every
+    data directory against the model (its manifest), a ``checkpoint.resume`` path and
+    ``checkpoint.init_from``. Reads manifests and markers, no weights.
+
+    Raises:
+        ConfigError: naming the key whose path is missing or does not fit.
+    """
+    from pretrain import checkpoint as ckpt
+    from pretrain.objectives import check_data
+
+    check_data(cfg)
+    if cfg.checkpoint.resume not in ("auto", "none"):
+        try:
+            ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+    if cfg.checkpoint.init_from:
+        from pretrain.export import CONFIG_NAME, find_checkpoint
+
+        path = Path(cfg.checkpoint.init_from)
+        if not path.exists():
+            raise ConfigError(
+                f"checkpoint.init_from: {path} does not exist (an export, an HF Perceiver "
+                "directory, a run directory or a checkpoint)"
+            )
+        if not (path / CONFIG_NAME).is_file():  # an export or HF directory is read at start
+            try:
+                find_checkpoint(path)
+            except FileNotFoundError as e:
+                raise ConfigError(f"checkpoint.init_from: {e}") from None
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     path = Path(path)

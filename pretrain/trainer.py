@@ -21,7 +21,7 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist_utils
-from pretrain.config import Config, save_config
+from pretrain.config import Config, check_inputs, save_config
 from pretrain.metrics import MetricLogger, Throughput, detect_peak_flops, peak_memory_bytes
 from pretrain.objectives import Objective, build_objective
 
@@ -242,6 +242,7 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
         stop_at_step: stop (with a checkpoint) after this many steps even though the schedule
             runs to ``trainer.max_steps``; used to test and demonstrate exact resumption.
     """
+    check_inputs(cfg)  # before any file is written, whoever launched this (CLI, Slurm, GLUE)
     env = dist_utils.detect_env()
     device = dist_utils.resolve_device(cfg.trainer.device)
     dist_utils.init_distributed(env, device)
