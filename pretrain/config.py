@@ -167,7 +167,7 @@ class LoggingConfig:
     """TensorBoard and console output (rank 0 only)."""
 
     tensorboard: bool = True
-    progress_bar: bool = True
+    progress_bar: bool = True  # a bar on a terminal, else a line every trainer.log_every steps
     jsonl: bool = True  # also append metrics to <run_dir>/metrics.jsonl
 
 

@@ -313,12 +313,10 @@ def train(cfg: Config, *, stop_at_step: int | None = None) -> TrainResult:
     meter = Throughput()
     window: dict[str, float] = {}  # summed statistics since the last log
     progress = None
-    if env.is_main and cfg.logging.progress_bar:
-        from tqdm import tqdm
+    if env.is_main and cfg.logging.progress_bar:  # a bar on a terminal, else a line per log
+        from pretrain.progress import step_progress
 
-        progress = tqdm(
-            total=t.max_steps, initial=state.step, desc=f"train {cfg.model_type}", unit="step"
-        )
+        progress = step_progress(t.max_steps, state.step, f"train {cfg.model_type}", t.log_every)
 
     def save(step: int) -> Path:
         client = {"train_state": asdict(state), "loader_state": train_loader.state_dict()}
