@@ -533,7 +533,8 @@ def config_from_dict(
 def check_inputs(cfg: Config) -> None:
     """Check what the run will read, before any process starts or any file is written: every
     data directory against the model (its manifest), a ``checkpoint.resume`` path and
-    ``checkpoint.init_from``. Reads manifests and markers, no weights.
+    ``checkpoint.init_from`` unless a checkpoint is resumed. Reads manifests and markers, no
+    weights.
 
     Raises:
         ConfigError: naming the key whose path is missing or does not fit.
@@ -542,12 +543,11 @@ def check_inputs(cfg: Config) -> None:
     from pretrain.objectives import check_data
 
     check_data(cfg)
-    if cfg.checkpoint.resume not in ("auto", "none"):
-        try:
-            ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(str(e)) from None
-    if cfg.checkpoint.init_from:
+    try:
+        resume = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    if cfg.checkpoint.init_from and resume is None:  # as the trainer: a resume ignores it
         from pretrain.export import CONFIG_NAME, find_checkpoint
 
         path = Path(cfg.checkpoint.init_from)

@@ -222,6 +222,8 @@ def test_check_inputs_accepts_what_exists(c4_2048, tmp_path):
     (step / "COMPLETE").write_text("{}")
     cfg.checkpoint.resume = cfg.checkpoint.init_from = str(step)
     check_inputs(cfg)
+    cfg.checkpoint.init_from = str(tmp_path / "deleted_export")
+    check_inputs(cfg)  # what is resumed ignores init_from (as the trainer does)
 
 
 def test_overrides_after_flags_are_accepted(capsys, c4_2048):
