@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pty
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from pretrain.progress import LineProgress, step_progress
-from tests.conftest import REPO, run_perceiver
+from tests.conftest import REPO, clean_env
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +29,26 @@ def c4_256(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_training_into_a_log_writes_lines_not_bar_frames(c4_256, tmp_path):
-    proc = run_perceiver(  # stdout and stderr are pipes, as in `make demo > log` or Slurm
-        [
-            "train",
-            str(REPO / "configs" / "tiny_mlm.yaml"),
-            f"data.dir={c4_256}",
-            f"trainer.run_dir={tmp_path / 'run'}",
-            "trainer.max_steps=10",
-            "trainer.log_every=5",
-            "trainer.val_every=0",
-            "checkpoint.every=0",
-            "logging.tensorboard=false",
-        ]
-    )
-    log = proc.stdout + proc.stderr
-    assert "\r" not in log
-    lines = [line for line in log.splitlines() if line.startswith("train perceiver_io_mlm: step")]
+    log_file = tmp_path / "train.log"
+    with open(log_file, "wb") as log:  # as `perceiver train ... > train.log 2>&1` or Slurm
+        proc = subprocess.run(
+            [
+                sys.executable, "-m", "pretrain.cli", "train",
+                str(REPO / "configs" / "tiny_mlm.yaml"),
+                f"data.dir={c4_256}",
+                f"trainer.run_dir={tmp_path / 'run'}",
+                "trainer.max_steps=10",
+                "trainer.log_every=5",
+                "trainer.val_every=0",
+                "checkpoint.every=0",
+                "logging.tensorboard=false",
+            ],
+            cwd=REPO, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, timeout=600,
+        )  # fmt: skip
+    raw = log_file.read_bytes()
+    assert proc.returncode == 0, raw[-4000:]
+    assert b"\r" not in raw  # (text-mode pipes would hide carriage returns: bytes here)
+    lines = [ln for ln in raw.decode().splitlines() if ln.startswith("train perceiver_io_mlm:")]
     assert [line.split(",")[0] for line in lines] == [
         "train perceiver_io_mlm: step 5/10",
         "train perceiver_io_mlm: step 10/10",
