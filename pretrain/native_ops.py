@@ -94,18 +94,17 @@ def wait_for_build_lock(
         held = _lock_is_held(lock)
         if held is False and not by_existence:
             return  # a flock lock file stays after release; only a holder blocks
-        quiet = min(time.monotonic() - started, _idle_s(lock.parent)) if held else None
-        if not held and _idle_s(lock.parent) > stale_after_s:
+        idle = _idle_s(lock.parent)
+        if not held and idle > stale_after_s:
             print(
-                f"warning: removing {lock}: a build lock left {_idle_s(lock.parent) / 60:.0f} min "
-                "ago by a build that did not finish (no process holds it, nothing changed "
-                "since)",
+                f"warning: removing {lock}: a build lock left {idle / 60:.0f} min ago by a "
+                "build that did not finish (no process holds it, nothing changed since)",
                 file=sys.stderr,
                 flush=True,
             )
             lock.unlink(missing_ok=True)
             return
-        if quiet is not None and quiet > stale_after_s:
+        if held and min(time.monotonic() - started, idle) > stale_after_s:
             raise RuntimeError(
                 f"{lock}: another process has held this build lock of {what} for over "
                 f"{stale_after_s / 60:.0f} min with no progress (a hung or stopped build?); "
