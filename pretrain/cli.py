@@ -1,6 +1,6 @@
 """The ``perceiver`` command: thin wrappers that parse, build and run.
 
-perceiver train CONFIG [key.sub=value ...] [--dry-run] [--nproc-per-node N]
+perceiver train CONFIG [key.sub=value ...] [--dry-run] [--nproc-per-node N]  (in any order)
 perceiver data prepare|inspect ...
 perceiver demo [--out DIR]
 """
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from pretrain.config import Config, ConfigError, load_config
+from pretrain.config import Config, ConfigError, check_inputs, load_config
 from pretrain.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopSignal
 
 
@@ -44,6 +44,7 @@ def _describe(cfg: Config, world_size: int) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
+        check_inputs(cfg)  # data, resume and init_from paths: before any rank or file exists
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -57,9 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
     stopper = None if spawn else StopSignal(announce=rank == "0")
     from pretrain import distributed as dist_utils
-    from pretrain.objectives import check_data
 
-    check_data(cfg)  # refuse shards that do not fit the model before any process starts
     if spawn:
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "SLURM_PROCID" not in os.environ:
             print(
@@ -127,7 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a `nargs="*"` positional from the first run of positionals only, so
+    # overrides after a flag (`train CFG --nproc-per-node 2 key=val`) arrive here
+    if extra:
+        flags = [a for a in extra if a.startswith("-")]
+        if flags or not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except ConfigError as e:

@@ -167,7 +167,7 @@ class LoggingConfig:
     """TensorBoard and console output (rank 0 only)."""
 
     tensorboard: bool = True
-    progress_bar: bool = True
+    progress_bar: bool = True  # a bar on a terminal, else a line every trainer.log_every steps
     jsonl: bool = True  # also append metrics to <run_dir>/metrics.jsonl
 
 
@@ -528,6 +528,39 @@ def config_from_dict(
     cfg.model = model
     cfg.validate()
     return cfg
+
+
+def check_inputs(cfg: Config) -> None:
+    """Check what the run will read, before any process starts or any file is written: every
+    data directory against the model (its manifest), a ``checkpoint.resume`` path and
+    ``checkpoint.init_from`` unless a checkpoint is resumed. Reads manifests and markers, no
+    weights.
+
+    Raises:
+        ConfigError: naming the key whose path is missing or does not fit.
+    """
+    from pretrain import checkpoint as ckpt
+    from pretrain.objectives import check_data
+
+    check_data(cfg)
+    try:
+        resume = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    if cfg.checkpoint.init_from and resume is None:  # as the trainer: a resume ignores it
+        from pretrain.export import CONFIG_NAME, find_checkpoint
+
+        path = Path(cfg.checkpoint.init_from)
+        if not path.exists():
+            raise ConfigError(
+                f"checkpoint.init_from: {path} does not exist (an export, an HF Perceiver "
+                "directory, a run directory or a checkpoint)"
+            )
+        if not (path / CONFIG_NAME).is_file():  # an export or HF directory is read at start
+            try:
+                find_checkpoint(path)
+            except FileNotFoundError as e:
+                raise ConfigError(f"checkpoint.init_from: {e}") from None
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

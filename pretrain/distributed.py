@@ -224,6 +224,9 @@ def init_distributed(env: DistEnv, device: torch.device) -> None:
     """Export the launcher variables and start the process group (gloo on CPU, nccl on GPU)."""
     env.export()
     prepare_deepspeed_env(device)
+    from pretrain.native_ops import prepare_jit_ops
+
+    prepare_jit_ops(announce=env.local_rank == 0)  # a first start compiles; say so
     import deepspeed
 
     if device.type == "cuda":

@@ -98,16 +98,24 @@ class Objective:
         from pretrain.config import ConfigError
 
         model_cfg = cfg.model_config()
-        try:
-            for _, data_dir, _ in cfg.data.dataset_dirs():
+        keys = [f"data.mixture[{i}].dir" for i in range(len(cfg.data.mixture))] or ["data.dir"]
+        for key, (_, data_dir, _) in zip(keys, cfg.data.dataset_dirs()):
+            try:
                 check_manifest(
                     data_dir,
                     seq_len=model_cfg.max_seq_len,
                     objective=cls.name,
                     vocab_size=model_cfg.vocab_size,
                 )
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"data.dir: {e}") from None
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"{key}: {e}") from None
+        if cfg.data.mixture:
+            from data_pipeline.mixtures import check_datasets
+
+            try:  # one tokenizer and one sample length across the mixture
+                check_datasets([data_dir for _, data_dir, _ in cfg.data.dataset_dirs()])
+            except (FileNotFoundError, ValueError) as e:
+                raise ConfigError(f"data.mixture: {e}") from None
 
 
 class MLMObjective(Objective):

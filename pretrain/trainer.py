@@ -21,7 +21,7 @@ import torch
 
 from pretrain import checkpoint as ckpt
 from pretrain import distributed as dist_utils
-from pretrain.config import Config, save_config
+from pretrain.config import Config, check_inputs, save_config
 from pretrain.metrics import MetricLogger, Throughput, detect_peak_flops, peak_memory_bytes
 from pretrain.objectives import Objective, build_objective
 from pretrain.signals import StopSignal
@@ -235,6 +235,7 @@ def train(
         stopper: the caller's stop-signal handler, installed before its own start-up; without
             one, train installs its own before anything slow and restores the previous handlers.
     """
+    check_inputs(cfg)  # before any file is written, whoever launched this (CLI, Slurm, GLUE)
     env = dist_utils.detect_env()
     if stopper is None:
         stopper = StopSignal(announce=env.is_main)
@@ -312,12 +313,10 @@ def train(
     meter = Throughput()
     window: dict[str, float] = {}  # summed statistics since the last log
     progress = None
-    if env.is_main and cfg.logging.progress_bar:
-        from tqdm import tqdm
+    if env.is_main and cfg.logging.progress_bar:  # a bar on a terminal, else a line per log
+        from pretrain.progress import step_progress
 
-        progress = tqdm(
-            total=t.max_steps, initial=state.step, desc=f"train {cfg.model_type}", unit="step"
-        )
+        progress = step_progress(t.max_steps, state.step, f"train {cfg.model_type}", t.log_every)
 
     def save(step: int) -> Path:
         client = {"train_state": asdict(state), "loader_state": train_loader.state_dict()}

@@ -126,13 +126,119 @@ def test_ds_config_generated_from_typed_config():
     assert ds["gradient_clipping"] == 0.5
 
 
-def test_dry_run_prints_config_and_param_count(tmp_path):
+@pytest.fixture(scope="module")
+def c4_2048(tmp_path_factory, shared_data) -> Path:
+    """Real C4 sample shards of 2048 bytes (the paper model's length; not the tiny model's)."""
+    from data_pipeline.prepare import prepare
+
+    out = tmp_path_factory.mktemp("c4") / "c4_bytes_2048"
+    prepare("c4", [shared_data / "c4"], out, seq_len=2048)
+    return out
+
+
+@pytest.fixture(scope="module")
+def shared_data():  # module scope for c4_2048 (conftest's fixture is per test)
+    from tests.conftest import SHARED_DATA, skip_unless_ci
+
+    if not SHARED_DATA.is_dir():
+        skip_unless_ci(f"shared test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    """``perceiver`` in this process (what the console script calls)."""
+    from pretrain.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_dry_run_prints_config_and_param_count(c4_2048):
     from tests.conftest import run_perceiver
 
     cfg = REPO / "configs" / "paper_mlm.yaml"
-    out = run_perceiver(["train", str(cfg), "data.dir=/tmp/x", "--dry-run"]).stdout
+    out = run_perceiver(["train", str(cfg), f"data.dir={c4_2048}", "--dry-run"]).stdout
     assert "# resolved config" in out and "zero_optimization" in out
     assert "201." in out and "parameters" in out
+
+
+def test_dry_run_refuses_data_that_does_not_fit(capsys, c4_2048, tmp_path):
+    """The manifest of every dataset is read against the model; the message names the key."""
+    paper, tiny = REPO / "configs" / "paper_mlm.yaml", REPO / "configs" / "tiny_mlm.yaml"
+    code, out, err = _main(capsys, "train", str(paper), f"data.dir={tmp_path}", "--dry-run")
+    assert code == 2 and err.startswith("error: data.dir: ") and "manifest.json" in err
+    assert "# resolved config" not in out
+    code, _, err = _main(capsys, "train", str(tiny), f"data.dir={c4_2048}", "--dry-run")
+    assert code == 2 and "data.dir: " in err and "2048 tokens" in err and "seq_len=256" in err
+    # a mixture names the entry: paper_mlm_c4_wiki reads c4_bytes_2048 and enwiki_bytes_2048
+    mix = REPO / "configs" / "paper_mlm_c4_wiki.yaml"
+    code, _, err = _main(capsys, "train", str(mix), f"data.dir={c4_2048.parent}", "--dry-run")
+    assert code == 2 and "data.mixture[1].dir: " in err and "enwiki_bytes_2048" in err
+
+
+def _empty_dir(root: Path, name: str) -> Path:
+    (root / name).mkdir(parents=True)
+    return root / name
+
+
+@pytest.mark.parametrize(
+    "key, make",
+    [
+        ("checkpoint.resume", lambda d: d / "missing"),
+        ("checkpoint.resume", lambda d: _empty_dir(d, "step_00000010")),  # no COMPLETE marker
+        ("checkpoint.init_from", lambda d: d / "missing"),
+        ("checkpoint.init_from", lambda d: _empty_dir(d, "run/checkpoints").parent),
+    ],
+    ids=["resume-missing", "resume-incomplete", "init_from-missing", "init_from-no-checkpoint"],
+)
+def test_resume_and_init_from_paths_refused_before_anything(capsys, c4_2048, tmp_path, key, make):
+    """Checked by --dry-run, and by a real start before any rank or file exists."""
+    path = make(tmp_path)
+    run = tmp_path / "new_run"
+    args = [
+        "train",
+        str(REPO / "configs" / "tiny_mlm.yaml"),
+        f"data.dir={c4_2048}",
+        "model.max_seq_len=2048",
+        f"trainer.run_dir={run}",
+        f"{key}={path}",
+    ]
+    code, out, err = _main(capsys, *args, "--dry-run")
+    assert code == 2 and err.startswith(f"error: {key}: ") and str(path) in err, err
+    assert "# resolved config" not in out
+    code, _, err = _main(capsys, *args, "--nproc-per-node", "2")
+    assert code == 2 and err.startswith(f"error: {key}: ") and "Traceback" not in err, err
+    assert not run.exists()
+
+
+def test_check_inputs_accepts_what_exists(c4_2048, tmp_path):
+    from pretrain.config import check_inputs
+
+    cfg = config_from_dict(_base(data={"dir": str(c4_2048)}), ["model.max_seq_len=2048"])
+    check_inputs(cfg)  # resume: auto with no checkpoint yet, no init_from
+    step = tmp_path / "step_00000010"
+    step.mkdir()
+    (step / "COMPLETE").write_text("{}")
+    cfg.checkpoint.resume = cfg.checkpoint.init_from = str(step)
+    check_inputs(cfg)
+    cfg.checkpoint.init_from = str(tmp_path / "deleted_export")
+    check_inputs(cfg)  # what is resumed ignores init_from (as the trainer does)
+
+
+def test_overrides_after_flags_are_accepted(capsys, c4_2048):
+    """`perceiver train CFG --nproc-per-node 2 key=val`: overrides may follow flags."""
+    paper = str(REPO / "configs" / "paper_mlm.yaml")
+    code, out, err = _main(
+        capsys, "train", paper, "--nproc-per-node", "2", f"data.dir={c4_2048}",
+        "--dry-run", "trainer.micro_batch_size=3", "optimizer.lr=1e-4",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "micro_batch_size: 3" in out and "lr: 0.0001" in out
+    assert "train_batch_size: 6" in out  # --nproc-per-node 2 was read too
+    with pytest.raises(SystemExit):  # an unknown flag after an override is still refused
+        _main(capsys, "train", paper, f"data.dir={c4_2048}", "--dry-run", "x.y=1", "--bogus")
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_cli_refuses_bad_config_before_work(tmp_path):
