@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-video test lint bench clean lock
+.PHONY: install demo demo-video test lint bench clean lock gpu-check
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required"'
@@ -29,6 +29,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+# One-shot check of the CUDA path on a GPU (tools/gpu_check.py; `--device cpu` runs it tiny).
+gpu-check: $(STAMP)
+	$(BIN)/python tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 # The reference implementations the benchmarks compare against (not needed for tests).
 bench: $(STAMP)

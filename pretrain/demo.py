@@ -6,6 +6,8 @@
    DeepSpeed ZeRO-2, logging to TensorBoard and checkpointing.
 3. Prints what happened: tokens seen, loss first -> last, the validation metric, where the
    checkpoints and logs are, and the ``tensorboard --logdir`` command.
+4. Shows what the models learned: the AR model continues a prompt (``perceiver generate``) and
+   the MLM fills a masked word (``perceiver fill-mask``), from their final checkpoints.
 """
 
 from __future__ import annotations
@@ -67,6 +69,36 @@ def run_demo(
     return summaries
 
 
+GENERATE_PROMPT = "Return the number of "
+FILL_MASK_TEXT = "Return True if the [MASK:6] is empty."
+
+
+def model_samples(summaries: dict[str, dict], seed: int = 0) -> list[str]:
+    """A continuation from the AR run and a filled mask from the MLM run (greedy, so the lines
+    are reproducible), as report lines with the commands that make them."""
+    from pretrain.inference import fill_mask, generate_text, load_for_inference
+
+    lines = []
+    if "ar" in summaries:
+        run = summaries["ar"]["run_dir"]
+        text = "".join(
+            generate_text(load_for_inference(run), GENERATE_PROMPT, 80, temperature=0.0, seed=seed)
+        )
+        lines += [
+            f'AR continues "{GENERATE_PROMPT}" (greedy): {GENERATE_PROMPT + text!r}',
+            f'  perceiver generate {run} --prompt "{GENERATE_PROMPT}" --temperature 0.7',
+        ]
+    if "mlm" in summaries:
+        run = summaries["mlm"]["run_dir"]
+        filled = fill_mask(load_for_inference(run), FILL_MASK_TEXT, top=3)
+        best = " ".join(repr(c[0][0]) for c in filled.candidates[0])
+        lines += [
+            f'MLM fills "{FILL_MASK_TEXT}": {filled.text!r} (best byte per position: {best})',
+            f'  perceiver fill-mask {run} --text "{FILL_MASK_TEXT}"',
+        ]
+    return lines
+
+
 def format_report(summaries: dict[str, dict], out_dir: Path) -> str:
     lines = ["", "=" * 72, "Demo finished", "=" * 72]
     for objective, s in summaries.items():
@@ -83,6 +115,7 @@ def format_report(summaries: dict[str, dict], out_dir: Path) -> str:
             f"  checkpoint: {s['checkpoint']}",
             f"  logs:       {s['run_dir']}/tensorboard",
         ]
+    lines += ["", *model_samples(summaries)]
     lines += ["", f"Watch it:  tensorboard --logdir {out_dir / 'runs'}", ""]
     return "\n".join(lines)
 

@@ -118,6 +118,9 @@ def test_demo_pipeline_reduced(tmp_path):
     assert "val/bits_per_byte" in summaries["ar"]["val_metrics"]
     report = format_report(summaries, tmp_path)
     assert "tensorboard --logdir" in report and "tokens seen" in report
+    # what the models learned, from their final checkpoints
+    assert 'AR continues "Return the number of "' in report and "perceiver generate" in report
+    assert "MLM fills" in report and "perceiver fill-mask" in report
 
 
 def test_empty_val_split_warns_once_and_trains_without_validation(tmp_path):
