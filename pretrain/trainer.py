@@ -1,9 +1,13 @@
 """The pretraining loop: build, resume, loop over steps, log, evaluate, checkpoint.
 
 Everything that must survive a restart is in the checkpoint: DeepSpeed's engine state (model,
-optimizer, LR schedule), :class:`TrainState`, the data loader's ``state_dict`` and every rank's RNG
-state. MLM masks are a function of (seed, micro-step, rank), so a resumed run sees exactly the
-batches, masks and losses of a run that never stopped.
+optimizer, LR schedule), :class:`TrainState` and the data loader's ``state_dict``. Every random
+draw of a training micro-step is a function of (seed, micro-step, rank): MLM masks and multimodal
+queries come from the objective's generator seeded with (seed, key), dropout and Perceiver AR
+prefix dropout from torch's global generator, reseeded before every micro-step
+(:func:`seed_micro_step`). No draw depends on what ran before it (a DataLoader iterator created on
+resume draws from the global generator), so a resumed run sees exactly the batches, masks, dropout
+and losses of a run that never stopped.
 """
 
 from __future__ import annotations
@@ -91,6 +95,17 @@ class _EpochLoader:
             "data.dir: the training split yields no batch in a whole epoch; it has fewer samples "
             "than one global batch (trainer.micro_batch_size x world size)"
         )
+
+
+def seed_micro_step(seed: int, key: int) -> None:
+    """Seeds torch's global generators (CPU and CUDA) for the micro-step of ``key``.
+
+    The model's draws (dropout, prefix dropout) use ``mix_seed(seed, ~key)``: negative keys, so
+    they never share a stream with a batch transform, which seeds its generator with ``key >= 0``.
+    """
+    from data_pipeline.collators import mix_seed
+
+    torch.manual_seed(mix_seed(seed, ~key))
 
 
 def _build_engine(
@@ -274,7 +289,6 @@ def train(
 
         load_initial_weights(model, cfg)
     engine = _build_engine(cfg, model, device, env.world_size, universal is not None)
-    torch.manual_seed(t.seed + 1000 * env.rank + 1)  # per-rank streams for dropout
 
     objective = build_objective(cfg)
     build_loader = getattr(objective, "build_loader", _build_loader)  # GLUE: in-memory TSVs
@@ -330,8 +344,10 @@ def train(
             for _ in range(t.grad_accum_steps):
                 t0 = time.perf_counter()
                 key = state.micro_step * env.world_size + env.rank
+                raw = data.next()
+                seed_micro_step(t.seed, key)  # after next(): a new loader iterator draws from it
                 # the transform (MLM masking) runs where the batch is: on the GPU when there is one
-                batch = objective.transform(_to_device(data.next(), device), key)
+                batch = objective.transform(_to_device(raw, device), key)
                 meter.data_wait += time.perf_counter() - t0
                 with autocast():
                     loss, stats = objective.step(engine, batch)
