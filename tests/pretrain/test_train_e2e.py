@@ -154,8 +154,6 @@ def test_diverging_run_stops_and_leaves_no_checkpoint_of_nonfinite_state(
     """optimizer.lr=1e6: every step is checked; bad steps are skipped up to the limit, then the
     run stops naming the step and the last good checkpoint; no COMPLETE checkpoint holds weights
     that gave a non-finite loss or gradients."""
-    from pretrain.checkpoint import list_complete, rejected
-
     run = tmp_path / "run"
     overrides = [
         f"data.dir={shards['mlm']}",
@@ -190,6 +188,8 @@ def test_diverging_run_stops_and_leaves_no_checkpoint_of_nonfinite_state(
     stop, streak, first_bad = int(m[1]), int(m[2]), int(m[3])
     assert streak == limit + 1 and stop == first_bad + limit
     assert proc.stderr.count("optimizer step skipped") == limit  # one warning per skip, rank 0
+    from pretrain.checkpoint import list_complete, rejected
+
     ckpts = run / "checkpoints"
     good = list_complete(ckpts)
     assert all(step < first_bad - 1 for step, _ in good)
