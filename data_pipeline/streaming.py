@@ -9,7 +9,7 @@ ranks of a node coordinate through shared memory registered by local rank 0, so 
 one rank `torch.distributed` should already be initialised (streaming uses its barriers; if it
 is not, streaming initialises a process group itself from `MASTER_ADDR`/`MASTER_PORT`).
 `ensure_distributed_env` fills in single-process defaults and cleans shared memory leaked by
-crashed runs, once per process, before the first dataset is built.
+killed runs (`clean_leaked_shared_memory`), once per process, before the first dataset is built.
 
 Where shards are read. Without `cache_root`, `local` is the shard directory itself and there is
 no `remote`. Streaming then decompresses each zstd shard it touches *into that directory*
@@ -48,16 +48,19 @@ order) but regroups samples into batches differently.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
 import os
+import re
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from streaming import Stream, StreamingDataLoader, StreamingDataset
+from streaming.base.constant import SHM_TO_CLEAN
 from streaming.base.util import clean_stale_shared_memory
 
 from data_pipeline.collators import stack_tokens
@@ -81,6 +84,8 @@ class EmptySplitError(ValueError):
 
 _DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
 _shm_checked = False
+_SHM_DIR = Path("/dev/shm")
+_SHM_NAME = re.compile(r"^(\d{6})_(?:" + "|".join(map(re.escape, SHM_TO_CLEAN)) + ")$")
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -94,6 +99,56 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
+def _held_shared_memory() -> set[str]:
+    """Names of the /dev/shm files some process of this machine has open or mapped."""
+    held = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:  # a process that ended, or another user's (whose segments we cannot unlink)
+            paths = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+            paths += [line.split(None, 5)[-1] for line in (proc / "maps").read_text().splitlines()]
+        except OSError:
+            continue
+        held.update(
+            Path(p.removesuffix(" (deleted)")).name for p in paths if p.startswith("/dev/shm/")
+        )
+    return held
+
+
+def clean_leaked_shared_memory() -> list[str]:
+    """Unlinks streaming's shared memory that no process holds any more; returns the names.
+
+    Streaming names a dataset's segments `<prefix>_<kind>` in /dev/shm; a killed run leaves them
+    behind. Streaming's `clean_stale_shared_memory()` walks prefixes from 0 and stops at the first
+    one without segments, but streaming skips prefixes whose filelocks remain in the temp
+    directory, so a killed run's segments usually lie beyond such a gap; and it unlinks the
+    segments of runs that are still streaming. Here a prefix is leaked when no process has any
+    of its segments open or mapped (/proc/<pid>/fd and maps; streaming keeps both while a dataset
+    lives). Without /proc this falls back to streaming's function.
+    """
+    if not Path("/proc/self/maps").is_file() or not _SHM_DIR.is_dir():
+        clean_stale_shared_memory()
+        return []
+    by_prefix: dict[str, list[str]] = {}
+    for p in _SHM_DIR.iterdir():
+        if m := _SHM_NAME.match(p.name):
+            by_prefix.setdefault(m.group(1), []).append(p.name)
+    if not by_prefix:
+        return []
+    held = _held_shared_memory()
+    removed = []
+    for names in by_prefix.values():
+        if held.isdisjoint(names):
+            for name in names:
+                with contextlib.suppress(OSError):  # another user's, or just removed
+                    (_SHM_DIR / name).unlink()
+                    removed.append(name)
+    if removed:
+        logger.info("removed shared memory leaked by killed runs: %s", ", ".join(sorted(removed)))
+    return removed
+
+
 def ensure_distributed_env(*, clean_shared_memory: bool = True) -> dict[str, int]:
     """Sets the environment streaming needs, and cleans leaked shared memory once per process.
 
@@ -101,10 +156,9 @@ def ensure_distributed_env(*, clean_shared_memory: bool = True) -> dict[str, int
     process and they are set to `1, 0, 1, 0`. With some set, all four must be (launchers such as
     torchrun and deepspeed set them; under Slurm, `pretrain.distributed` derives them).
 
-    Only the first call in a process acts on `clean_shared_memory`: it runs streaming's
-    `clean_stale_shared_memory()`, which unlinks *all* streaming shared memory of this machine, so
-    call it before building any dataset, and never while another job on the same machine is
-    streaming (tests use `clean_shared_memory=False`).
+    Only the first call in a process acts on `clean_shared_memory`: it runs
+    `clean_leaked_shared_memory()`, which unlinks the streaming shared memory of this machine that
+    no process holds (left by killed runs); runs streaming meanwhile keep theirs.
 
     Args:
         clean_shared_memory: Clean leaked shared memory on the first call.
@@ -135,7 +189,7 @@ def ensure_distributed_env(*, clean_shared_memory: bool = True) -> dict[str, int
     if not _shm_checked:
         _shm_checked = True
         if clean_shared_memory:
-            clean_stale_shared_memory()
+            clean_leaked_shared_memory()
     return env
 
 

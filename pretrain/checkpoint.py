@@ -10,7 +10,13 @@ Layout (one directory per checkpoint, named by step)::
 
 A directory without ``COMPLETE`` is invisible: ``resume: auto`` never picks it, so a crash in the
 middle of a save cannot produce a checkpoint that looks valid. ``COMPLETE`` is written to a
-temporary name, fsynced and renamed, so it exists whole or not at all.
+temporary name, fsynced and renamed, so it exists whole or not at all. It records the size and
+CRC-32 of every file of the checkpoint (each rank checksums its share of the files, so the
+checksums cost about 1/world_size of one extra read of the checkpoint, from the page cache);
+``select_resume`` verifies them and skips a damaged checkpoint, which it marks ``REJECTED``
+(a checkpoint whose weights made the loss non-finite is marked the same way, by the trainer).
+A saved checkpoint removes what it makes obsolete: checkpoints beyond ``checkpoint.keep`` with
+their universal conversions, and older directories without ``COMPLETE`` (killed or rejected).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +38,9 @@ import numpy as np
 import torch
 
 MARKER = "COMPLETE"
+REJECTED = "REJECTED"  # replaces COMPLETE in a checkpoint found damaged or non-finite; JSON reason
 _TAG_RE = re.compile(r"^step_(\d+)$")
+_CHUNK = 1 << 24
 
 
 def tag_for_step(step: int) -> str:
@@ -61,7 +71,10 @@ def find_latest(checkpoint_dir: str | Path) -> Path | None:
 
 
 def resolve_resume(policy: str, checkpoint_dir: str | Path) -> Path | None:
-    """Map ``checkpoint.resume`` ("auto", "none" or a path) to a checkpoint directory or None."""
+    """Map ``checkpoint.resume`` ("auto", "none" or a path) to a checkpoint directory or None.
+
+    Checks markers only; :func:`select_resume` also verifies the files.
+    """
     if policy == "none":
         return None
     if policy == "auto":
@@ -72,6 +85,129 @@ def resolve_resume(policy: str, checkpoint_dir: str | Path) -> Path | None:
     if not is_complete(path):
         raise ValueError(f"checkpoint.resume: {path} is not a complete checkpoint (no {MARKER})")
     return path
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            crc = zlib.crc32(view[:n], crc)
+    return crc
+
+
+def _files(path: Path) -> list[str]:
+    """The checkpoint's files (relative, sorted: every rank lists the same), marker excluded."""
+    skip = {MARKER, MARKER + ".tmp", REJECTED}
+    return sorted(
+        str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name not in skip
+    )
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(local: Any) -> list[Any]:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [local]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, local)
+    return out
+
+
+def verify(
+    path: str | Path, checksums: bool = True, rank: int = 0, world_size: int = 1
+) -> list[str]:
+    """What is wrong with the files of a complete checkpoint (empty: nothing).
+
+    Sizes are checked for every file; CRC-32s (``checksums``) for this rank's share of the files
+    (every ``world_size``-th), so ranks that call it together read each file once.
+    """
+    path = Path(path)
+    try:
+        recorded = json.loads((path / MARKER).read_text()).get("files")
+    except (OSError, json.JSONDecodeError) as e:
+        return [f"{MARKER}: unreadable ({e})"]
+    if recorded is None:  # written before checkpoints recorded their files
+        return []
+    problems = []
+    for i, (name, (size, crc)) in enumerate(sorted(recorded.items())):
+        f = path / name
+        try:
+            actual = f.stat().st_size
+        except OSError:
+            problems.append(f"{f}: missing")
+            continue
+        if actual != size:
+            problems.append(f"{f}: {actual} bytes, {MARKER} recorded {size}")
+        elif checksums and i % world_size == rank and _crc32(f) != crc:
+            problems.append(f"{f}: CRC-32 differs from the one {MARKER} recorded")
+    return problems
+
+
+def reject(path: str | Path, reason: str) -> None:
+    """Make a complete checkpoint invisible, keeping the reason in its ``REJECTED`` marker."""
+    path = Path(path)
+    _write_atomic(path / REJECTED, json.dumps({"reason": reason, "time": time.time()}))
+    (path / MARKER).unlink(missing_ok=True)
+
+
+def rejected(checkpoint_dir: str | Path) -> list[tuple[Path, str]]:
+    """Checkpoint directories marked ``REJECTED``, with the reason, oldest first."""
+    root = Path(checkpoint_dir)
+    out = []
+    for p in sorted(root.glob("step_*/" + REJECTED)) if root.is_dir() else []:
+        try:
+            reason = json.loads(p.read_text())["reason"]
+        except (OSError, json.JSONDecodeError, KeyError):
+            reason = "(unreadable reason)"
+        out.append((p.parent, reason))
+    return out
+
+
+def select_resume(policy: str, checkpoint_dir: str | Path) -> Path | None:
+    """Collective :func:`resolve_resume` that verifies the checkpoint's files (sizes, CRC-32).
+
+    With ``auto`` a damaged checkpoint is rejected with a warning and the previous complete one
+    is tried; a damaged checkpoint named by path is an error. Every rank gets the same answer.
+
+    Raises:
+        ValueError: If the named checkpoint is damaged, or every complete one is.
+    """
+    if policy == "none":
+        return None
+    first = resolve_resume(policy, checkpoint_dir)
+    if first is None:
+        return None
+    candidates = [first]
+    if policy == "auto":
+        candidates = [p for _, p in reversed(list_complete(first.parent))]
+    rank, world = _world()
+    damaged = []
+    for path in candidates:
+        problems = sorted({p for ps in _gather(verify(path, True, rank, world)) for p in ps})
+        if not problems:
+            return path
+        reason = "damaged: " + "; ".join(problems)
+        if policy != "auto":
+            raise ValueError(f"checkpoint.resume: {path}: {reason}")
+        damaged.append(path)
+        if rank == 0:
+            msg = f"{path}: {reason}; rejected, trying the previous complete checkpoint"
+            warnings.warn(msg, stacklevel=2)
+            reject(path, reason)
+    raise ValueError(
+        f"checkpoint.resume=auto: every complete checkpoint is damaged "
+        f"({', '.join(map(str, damaged))}); set checkpoint.resume=none to start over"
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -118,7 +254,7 @@ def save(
     """Collective save: every rank must call this at the same step."""
     import torch.distributed as dist
 
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank, world = _world()
     tag = tag_for_step(step)
     path = Path(checkpoint_dir) / tag
     if rank == 0 and path.exists():  # a stale partial save of the same step (crash before COMPLETE)
@@ -129,22 +265,45 @@ def save(
         str(checkpoint_dir), tag=tag, client_state=client_state, save_latest=False
     )
     torch.save(rng_state(), path / f"rng_rank{rank:05d}.pt")
-    if dist.is_initialized():
-        dist.barrier()  # every rank's files are on disk
     if rank == 0:
         (path / "config.yaml").write_text(config_yaml)
-        meta = {
-            "step": step,
-            "time": time.time(),
-            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-        }
+    if dist.is_initialized():
+        dist.barrier()  # every rank's files are on disk
+    files = _files(path)
+    mine = {f: [(path / f).stat().st_size, _crc32(path / f)] for f in files[rank::world]}
+    recorded = {k: v for part in _gather(mine) for k, v in part.items()}
+    if rank == 0:
+        meta = {"step": step, "time": time.time(), "world_size": world, "files": recorded}
         _write_atomic(path / MARKER, json.dumps(meta))
-        if keep > 0:
-            for _, old in list_complete(checkpoint_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        prune(checkpoint_dir, keep)
     if dist.is_initialized():
         dist.barrier()
     return path
+
+
+def prune(checkpoint_dir: str | Path, keep: int) -> None:
+    """Remove what the newest complete checkpoint makes obsolete (rank 0, after a save).
+
+    Complete checkpoints beyond the newest ``keep`` (0: keep all); directories older than the
+    newest complete checkpoint without ``COMPLETE`` (a killed save, a rejected checkpoint; a save
+    in progress is always newer); universal conversions whose checkpoint is gone; DeepSpeed's
+    ``latest_universal`` (it names the temporary directory of the conversion; loads use tags).
+    """
+    root = Path(checkpoint_dir)
+    done = list_complete(root)
+    if not done:
+        return
+    newest = done[-1][0]
+    for _, old in done[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    for p in root.iterdir():
+        m = _TAG_RE.match(p.name)
+        if m and int(m.group(1)) < newest and p.is_dir() and not is_complete(p):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.name.endswith((".universal", ".universal.tmp")):
+            if not is_complete(root / p.name.split(".")[0]):
+                shutil.rmtree(p, ignore_errors=True)
+    (root / "latest_universal").unlink(missing_ok=True)
 
 
 def saved_partitions(path: str | Path) -> int:
@@ -187,6 +346,7 @@ def ensure_universal(path: str | Path, is_main: bool) -> Path:
                 f"{path}: conversion to a universal checkpoint failed:\n{proc.stderr[-3000:]}"
             )
         tmp.replace(out)
+        (out.parent / "latest_universal").unlink(missing_ok=True)  # names tmp; loads use tags
     if dist.is_initialized():
         dist.barrier()
     return out

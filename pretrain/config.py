@@ -130,6 +130,8 @@ class TrainerConfig:
     peak_flops: float | None = None  # per device, for MFU; default: detected GPU's bf16 peak
     fp16_initial_scale_power: int = 16
     max_requeues: int = 100  # Slurm: refuse to requeue more often than this
+    # steps with a non-finite loss skip their optimizer step; one more in a row stops the run
+    nonfinite_skip_limit: int = 0
 
     def validate(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "log_every"):
@@ -141,6 +143,10 @@ class TrainerConfig:
             raise ConfigError("trainer.val_every must be >= 0 and trainer.val_batches >= 1")
         if self.peak_flops is not None and self.peak_flops <= 0:
             raise ConfigError(f"trainer.peak_flops: must be > 0, got {self.peak_flops}")
+        if self.nonfinite_skip_limit < 0:
+            raise ConfigError(
+                f"trainer.nonfinite_skip_limit: must be >= 0, got {self.nonfinite_skip_limit}"
+            )
 
 
 @dataclass

@@ -47,12 +47,35 @@ def peak_memory_bytes(device: torch.device) -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
+def truncate_jsonl(path: Path, last_step: int) -> None:
+    """Keep the lines of ``path`` up to ``last_step`` (and no torn last line); atomic."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["step"]) <= last_step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
+
+
 class MetricLogger:
     """Writes scalars (and text) to TensorBoard and ``metrics.jsonl`` on rank 0; no-op elsewhere."""
 
     def __init__(
-        self, run_dir: str | Path, enabled: bool, tensorboard: bool = True, jsonl: bool = True
+        self,
+        run_dir: str | Path,
+        enabled: bool,
+        tensorboard: bool = True,
+        jsonl: bool = True,
+        resume_step: int | None = None,
     ):
+        """``resume_step``: the step training (re)starts from; what an earlier attempt logged
+        after it is dropped (``metrics.jsonl`` truncated, TensorBoard's ``purge_step``)."""
         self.enabled = enabled
         self._tb = None
         self._jsonl = None
@@ -64,9 +87,13 @@ class MetricLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb_dir = run_dir / "tensorboard"
-            self._tb = SummaryWriter(log_dir=str(self.tb_dir))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(log_dir=str(self.tb_dir), purge_step=purge)
         if jsonl:
-            self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+            path = run_dir / "metrics.jsonl"
+            if resume_step is not None:
+                truncate_jsonl(path, resume_step)
+            self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:

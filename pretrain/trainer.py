@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,7 @@ class TrainState:
     tokens_seen: int = 0  # global (tokens of model input)
     epoch: int = 0
     requeues: int = 0
+    skipped_steps: int = 0  # optimizer steps skipped for a non-finite loss or gradients
 
 
 @dataclass
@@ -204,6 +206,48 @@ def _grad_norm(model: torch.nn.Module) -> float:
     return float(torch.stack(norms).norm()) if norms else 0.0
 
 
+def _any_rank(flag: torch.Tensor) -> bool:
+    """True on every rank if ``flag`` (a 0-d tensor, 1 = set) is set on any rank (one sync)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def _skip_step(engine, loss: torch.Tensor) -> None:
+    """The last micro-step of a step, leaving weights and optimizer state unchanged.
+
+    DeepSpeed's own optimizers (ZeRO, bf16, fp16) skip a step whose gradients are not finite,
+    consistently on every rank, so the loss is made NaN for them; see :func:`_drop_gradients`
+    for a plain torch optimizer.
+    """
+    if hasattr(engine.optimizer, "overflow"):
+        engine.backward(loss * float("nan"))
+        engine.step()
+        if engine.was_step_applied():
+            raise RuntimeError("DeepSpeed applied an optimizer step with non-finite gradients")
+    else:
+        engine.backward(loss)
+        _drop_gradients(engine)
+
+
+def _drop_gradients(engine) -> None:
+    """Instead of ``engine.step()`` under a plain torch optimizer (ZeRO stage 0 without
+    DeepSpeed's bf16/fp16), which has no skip: no optimizer step, the gradients are dropped and
+    the engine's micro-step counter advances as ``engine.step()`` would advance it."""
+    engine.zero_grad()
+    engine.micro_steps += 1
+
+
+def _weights_finite(engine, device: torch.device) -> bool:
+    """Whether every rank's weights (its ZeRO-3 partition, if any) are finite (collective)."""
+    bad = torch.zeros((), device=device)
+    for p in engine.module.parameters():
+        for t in (p.data, getattr(p, "ds_tensor", None)):
+            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
+                bad.fill_(1.0)
+    return not _any_rank(bad)
+
+
 def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if torch.distributed.is_initialized():
@@ -279,7 +323,7 @@ def train(
     num_params = sum(p.numel() for p in model.parameters())
     if t.activation_checkpointing:
         apply_activation_checkpointing(model)
-    resume_path = ckpt.resolve_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
+    resume_path = ckpt.select_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
     universal = None
     if resume_path is not None and ckpt.saved_partitions(resume_path) not in (0, env.world_size):
         # written by another number of ranks: reshard through a universal checkpoint
@@ -308,7 +352,9 @@ def train(
     state.requeues = int(os.environ.get("SLURM_RESTART_COUNT", state.requeues))
     data = _EpochLoader(train_loader, state.epoch)
 
-    logger = MetricLogger(run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.jsonl)
+    logger = MetricLogger(
+        run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.jsonl, resume_step=state.step
+    )
     if env.is_main and state.step == 0:
         logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```", 0)
     if no_val:
@@ -333,15 +379,37 @@ def train(
         progress = step_progress(t.max_steps, state.step, f"train {cfg.model_type}", t.log_every)
 
     def save(step: int) -> Path:
+        if not _weights_finite(engine, device):
+            raise FloatingPointError(
+                f"step {step}: the weights are not finite; not saved. Last good checkpoint: "
+                f"{ckpt.find_latest(cfg.checkpoint_dir())}"
+            )
         client = {"train_state": asdict(state), "loader_state": train_loader.state_dict()}
         return ckpt.save(
             engine, cfg.checkpoint_dir(), step, client, cfg.to_yaml(), cfg.checkpoint.keep
         )
 
+    def diverged(first_bad: int) -> FloatingPointError:
+        """Reject the checkpoint holding the weights that made the loss non-finite, and say so."""
+        before = cfg.checkpoint_dir() / ckpt.tag_for_step(first_bad - 1)
+        if env.is_main and ckpt.is_complete(before):
+            ckpt.reject(before, f"its weights gave a non-finite loss from step {first_bad} on")
+        dist_utils.barrier()
+        return FloatingPointError(
+            f"step {state.step}: loss or gradients were not finite on {streak} consecutive steps "
+            f"(since step {first_bad}; trainer.nonfinite_skip_limit={t.nonfinite_skip_limit}). "
+            f"Last good checkpoint: {ckpt.find_latest(cfg.checkpoint_dir())}"
+        )
+
+    streak = 0  # consecutive steps with a non-finite loss or gradients (skipped)
+
     try:
         while state.step < t.max_steps:
             step_tokens = 0
-            for _ in range(t.grad_accum_steps):
+            step_stats: dict[str, float] = {}
+            nonfinite = torch.zeros((), device=device)
+            bad = False
+            for i in range(t.grad_accum_steps):
                 t0 = time.perf_counter()
                 key = state.micro_step * env.world_size + env.rank
                 raw = data.next()
@@ -351,29 +419,56 @@ def train(
                 meter.data_wait += time.perf_counter() - t0
                 with autocast():
                     loss, stats = objective.step(engine, batch)
-                engine.backward(loss)
-                if (
-                    engine.is_gradient_accumulation_boundary()
-                    and engine.get_global_grad_norm() is None
-                ):
-                    last_grad_norm = _grad_norm(engine.module)
-                engine.step()
+                nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss.detach())).float())
+                if i == t.grad_accum_steps - 1:
+                    bad = _any_rank(nonfinite)  # before the last backward: all ranks skip alike
+                if bad:
+                    _skip_step(engine, loss)
+                else:
+                    engine.backward(loss)
+                    if (
+                        engine.is_gradient_accumulation_boundary()
+                        and engine.get_global_grad_norm() is None
+                    ):
+                        last_grad_norm = _grad_norm(engine.module)
+                    last = i == t.grad_accum_steps - 1
+                    plain_optimizer = not hasattr(engine.optimizer, "overflow")
+                    if last and plain_optimizer and not math.isfinite(last_grad_norm):
+                        bad = True  # all-reduced gradients: the same on every rank
+                        _drop_gradients(engine)
+                    else:
+                        engine.step()
+                        # DeepSpeed skipped it for non-finite gradients (fp16: loss scaling)
+                        bad = last and not engine.was_step_applied() and t.precision != "fp16"
                 state.micro_step += 1
-                _accumulate(window, stats)
+                _accumulate(step_stats, stats)
                 meter.samples += objective.num_samples(batch)
                 step_tokens += objective.num_tokens(batch)
             meter.tokens += step_tokens
             state.step += 1
+            if bad:
+                state.skipped_steps += 1
+                streak += 1
+                if streak > t.nonfinite_skip_limit:
+                    raise diverged(state.step - streak + 1)
+                if env.is_main:
+                    warnings.warn(
+                        f"step {state.step}: non-finite loss or gradients, optimizer step skipped "
+                        f"({streak} in a row; trainer.nonfinite_skip_limit="
+                        f"{t.nonfinite_skip_limit})",
+                        stacklevel=1,
+                    )
+            else:
+                streak = 0
+                for k, v in step_stats.items():
+                    window[k] = window.get(k, 0.0) + v
             state.epoch = data.epoch
             state.samples_seen += t.micro_batch_size * t.grad_accum_steps * env.world_size
             state.tokens_seen += step_tokens * env.world_size
 
-            if state.step % t.log_every == 0 or state.step == t.max_steps:
+            # (nothing to log when every step since the last log was skipped)
+            if window and (state.step % t.log_every == 0 or state.step == t.max_steps):
                 metrics = objective.summarize(_reduce(window, objective.stat_keys, device), "train")
-                if not math.isfinite(metrics["train/loss"]):
-                    raise FloatingPointError(
-                        f"step {state.step}: training loss is {metrics['train/loss']}"
-                    )
                 grad_norm = engine.get_global_grad_norm()
                 metrics.update(
                     {
@@ -383,6 +478,7 @@ def train(
                         ),
                         "train/tokens_seen": float(state.tokens_seen),
                         "train/epoch": float(state.epoch),
+                        "train/skipped_steps": float(state.skipped_steps),
                         "perf/peak_memory_gib": peak_memory_bytes(device) / 2**30,
                         **meter.summary(env.world_size, flops_per_sample, peak_flops),
                     }
@@ -411,11 +507,13 @@ def train(
             stop = dist_utils.all_reduce_max_flag(stopper.requested, device)
             if stop or (stop_at_step is not None and state.step >= stop_at_step):
                 result.status = "preempted" if stop else "stopped"
-                result.checkpoint = save(state.step)
+                if not bad:  # a skipped step's weights just gave a non-finite loss: never saved
+                    result.checkpoint = save(state.step)
                 break
             every = cfg.checkpoint.every
-            if (every and state.step % every == 0) or (
-                state.step == t.max_steps and cfg.checkpoint.save_final
+            if not bad and (
+                (every and state.step % every == 0)
+                or (state.step == t.max_steps and cfg.checkpoint.save_final)
             ):
                 result.checkpoint = save(state.step)
             if probes is not None and state.step % cfg.probes.every == 0:

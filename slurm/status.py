@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,9 @@ class RunStatus:
     max_steps: int | None = None
     last_checkpoint_step: int | None = None
     last_checkpoint: str | None = None
+    # checkpoints resume passes over: "step_X: what is wrong" (files damaged since the save,
+    # or rejected: damaged at a resume, or weights that gave a non-finite loss)
+    unusable_checkpoints: list[str] = field(default_factory=list)
     summary_status: str | None = None
     last_event: dict[str, Any] | None = None
 
@@ -98,12 +101,17 @@ def gather_status(run_dir: str | Path) -> RunStatus:
             st.job_state = _sacct_state(st.job_id)
     settings = lifecycle.read_run_settings(run_dir)
     st.max_steps = settings.max_steps
-    from pretrain.checkpoint import list_complete
+    from pretrain.checkpoint import list_complete, rejected, verify
 
-    done = list_complete(settings.checkpoint_dir)
-    if done:
-        st.last_checkpoint_step, path = done[-1]
-        st.last_checkpoint = str(path)
+    for step, path in reversed(list_complete(settings.checkpoint_dir)):
+        problems = verify(path, checksums=False)  # sizes only: status reads no checkpoint
+        if not problems:
+            st.last_checkpoint_step, st.last_checkpoint = step, str(path)
+            break
+        st.unusable_checkpoints.append(f"{path.name}: damaged: {'; '.join(problems)}")
+    st.unusable_checkpoints += [
+        f"{path.name}: rejected: {reason}" for path, reason in rejected(settings.checkpoint_dir)
+    ]
     st.last_step = _last_logged_step(run_dir / "metrics.jsonl")
     try:
         summary = json.loads((run_dir / lifecycle.SUMMARY_FILE).read_text())
@@ -143,6 +151,7 @@ def format_status(st: RunStatus) -> str:
         f"last checkpoint:  {ckpt}",
         f"requeues:         {requeues}",
     ]
+    lines += [f"unusable:         {u}" for u in st.unusable_checkpoints]
     if st.summary_status:
         lines.append(f"last exit:        {st.summary_status} (summary.json)")
     if st.last_event and st.last_event.get("event") == "end":

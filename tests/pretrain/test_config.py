@@ -62,6 +62,8 @@ def test_overrides_are_typed_and_nested():
         ("model.type=gpt", "model.type"),
         ("bogus.key=1", "bogus"),
         ("trainer.activation_checkpointing=3", "trainer.activation_checkpointing"),
+        ("trainer.nonfinite_skip_limit=-1", "trainer.nonfinite_skip_limit"),
+        ("trainer.nonfinite_skip_limit=1.5", "trainer.nonfinite_skip_limit"),
     ],
 )
 def test_bad_overrides_name_the_key(override, key):

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,6 +121,107 @@ def test_resume_reproduces_uninterrupted_losses_exactly(
     assert sorted(a) == list(range(1, 9)) and sorted(b) == list(range(1, 9))
     assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]  # bit-identical
     assert _client_state(full, 8) == _client_state(parts, 8)  # same samples seen, same position
+
+
+def test_damaged_checkpoint_is_rejected_and_leftovers_removed(shards, tmp_path):
+    """A file truncated after COMPLETE: status and resume name it, resume falls back to the
+    previous checkpoint and replays the lost steps once in metrics.jsonl; the next save removes
+    the rejected and a killed save's directory."""
+    from pretrain.checkpoint import list_complete
+    from slurm.status import format_status, gather_status
+
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    common = (
+        "trainer.log_every=1",
+        "trainer.val_every=0",
+        "checkpoint.every=2",
+        "checkpoint.keep=0",
+    )
+    _train("tiny_mlm.yaml", shards["mlm"], run, "trainer.max_steps=5", *common)
+    before = _losses(run)
+    assert [s for s, _ in list_complete(ckpts)] == [2, 4, 5]
+    shutil.copytree(ckpts / "step_00000002", ckpts / "step_00000003")  # a save killed before
+    (ckpts / "step_00000003" / "COMPLETE").unlink()  # its COMPLETE
+    victim = ckpts / "step_00000005" / "mp_rank_00_model_states.pt"
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+
+    status = gather_status(run)
+    assert status.last_checkpoint_step == 4
+    assert str(victim) in format_status(status) and "step_00000005: damaged" in format_status(
+        status
+    )
+
+    proc = _train("tiny_mlm.yaml", shards["mlm"], run, "trainer.max_steps=6", *common)
+    assert f"{victim}: " in proc.stderr and "trying the previous complete checkpoint" in proc.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumed_from"].endswith("step_00000004")
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # step 5 again, logged once
+    after = _losses(run)
+    assert [after[s] for s in range(1, 6)] == [before[s] for s in range(1, 6)]
+    assert sorted(p.name for p in ckpts.glob("step_*")) == [
+        "step_00000002",
+        "step_00000004",
+        "step_00000006",
+    ]
+    assert not gather_status(run).unusable_checkpoints
+
+
+@pytest.mark.parametrize(
+    "engine,limit",
+    [(("trainer.zero_stage=2",), 0), (("trainer.zero_stage=0", "trainer.precision=fp32"), 2)],
+    ids=["zero2-bf16-stop-at-once", "zero0-fp32-skip-2"],
+)
+def test_diverging_run_stops_and_leaves_no_checkpoint_of_nonfinite_state(
+    shards, tmp_path, engine, limit
+):
+    """optimizer.lr=1e6: every step is checked; bad steps are skipped up to the limit, then the
+    run stops naming the step and the last good checkpoint; no COMPLETE checkpoint holds weights
+    that gave a non-finite loss or gradients."""
+    run = tmp_path / "run"
+    overrides = [
+        f"data.dir={shards['mlm']}",
+        f"trainer.run_dir={run}",
+        "optimizer.lr=1e6",
+        "trainer.max_steps=12",
+        "trainer.log_every=1",
+        "trainer.val_every=0",
+        "checkpoint.every=1",
+        "checkpoint.keep=0",
+        *engine,
+    ]
+    if limit:
+        overrides.append(f"trainer.nonfinite_skip_limit={limit}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pretrain.cli", "train", str(REPO / "configs" / "tiny_mlm.yaml")]
+        + overrides
+        + ["--nproc-per-node", "2"],
+        cwd=REPO,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    m = re.search(
+        r"step (\d+): loss or gradients were not finite on (\d+) consecutive steps \(since step "
+        rf"(\d+); trainer.nonfinite_skip_limit={limit}\)\. Last good checkpoint: (\S+)",
+        proc.stderr,
+    )
+    assert m, proc.stderr[-3000:]
+    stop, streak, first_bad = int(m[1]), int(m[2]), int(m[3])
+    assert streak == limit + 1 and stop == first_bad + limit
+    assert proc.stderr.count("optimizer step skipped") == limit  # one warning per skip, rank 0
+    from pretrain.checkpoint import list_complete, rejected
+
+    ckpts = run / "checkpoints"
+    good = list_complete(ckpts)
+    assert all(step < first_bad - 1 for step, _ in good)
+    assert m[4] == (str(good[-1][1]) if good else "None")
+    assert [p.name for p, _ in rejected(ckpts)] == [f"step_{first_bad - 1:08d}"]
+    assert max(_losses(run)) < first_bad  # skipped steps are not logged
+    assert all(math.isfinite(v) for v in _losses(run).values())
 
 
 def test_demo_pipeline_reduced(tmp_path):
@@ -268,12 +373,15 @@ def test_resume_with_another_world_size_through_universal_checkpoint(shards, tmp
             *common,
             "trainer.micro_batch_size=2",
             "trainer.grad_accum_steps=4",
+            "checkpoint.keep=1",
         ]
     )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["resumed_from"].endswith("step_00000002")
     assert summary["state"]["samples_seen"] == 5 * 8  # 2 ranks x 4, then 1 rank x 2 x 4
-    assert (run / "checkpoints" / "step_00000002.universal").is_dir()
+    # the universal conversion goes with its checkpoint (checkpoint.keep=1)
+    left = sorted(p.name for p in (run / "checkpoints").glob("*") if "step" in p.name)
+    assert left == ["step_00000005"] and not (run / "checkpoints" / "latest_universal").exists()
     losses = _losses(run)
     assert sorted(losses) == [1, 2, 3, 4, 5] and all(math.isfinite(v) for v in losses.values())
 
