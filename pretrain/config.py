@@ -132,6 +132,8 @@ class TrainerConfig:
     max_requeues: int = 100  # Slurm: refuse to requeue more often than this
     # steps with a non-finite loss skip their optimizer step; one more in a row stops the run
     nonfinite_skip_limit: int = 0
+    compile: bool = False  # torch.compile the model (DeepSpeed's engine.compile)
+    profile: str | None = None  # "FIRST-LAST": trace those steps (pretrain.profiling)
 
     def validate(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "log_every"):
@@ -147,6 +149,13 @@ class TrainerConfig:
             raise ConfigError(
                 f"trainer.nonfinite_skip_limit: must be >= 0, got {self.nonfinite_skip_limit}"
             )
+        if self.profile is not None:
+            from pretrain.profiling import parse_step_range
+
+            try:
+                parse_step_range(str(self.profile))
+            except ValueError as e:
+                raise ConfigError(f"trainer.profile: {e}") from None
 
 
 @dataclass

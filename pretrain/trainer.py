@@ -313,14 +313,19 @@ def train(
     if env.is_main:
         save_config(cfg, run_dir / "config.yaml")
 
-    from pretrain.models import build_model
-    from pretrain.parallelize import apply_activation_checkpointing
+    from pretrain.ds_config import build_ds_config
+    from pretrain.models.attention import writable
+    from pretrain.parallelize import (
+        apply_activation_checkpointing,
+        build_for_training,
+        num_parameters,
+    )
 
     model_cfg = cfg.model_config()
-    torch.manual_seed(t.seed)  # identical initial weights on every rank
-    model = build_model(cfg.model_type, model_cfg).to(device)
-    model.init_weights()
-    num_params = sum(p.numel() for p in model.parameters())
+    # identical initial weights on every rank; under ZeRO-3 partitioned while they are built
+    ds_config = build_ds_config(cfg, env.world_size, device.type == "cuda")
+    model = build_for_training(cfg.model_type, model_cfg, t.seed, ds_config).to(device)
+    num_params = num_parameters(model)
     if t.activation_checkpointing:
         apply_activation_checkpointing(model)
     resume_path = ckpt.select_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
@@ -331,8 +336,16 @@ def train(
     if cfg.checkpoint.init_from and resume_path is None:  # pretrained weights, not a resume
         from pretrain.export import load_initial_weights
 
-        load_initial_weights(model, cfg)
+        with writable(*model.parameters()):  # ZeRO-3: whole while they are loaded
+            load_initial_weights(model, cfg)
     engine = _build_engine(cfg, model, device, env.world_size, universal is not None)
+    if t.compile:
+        from torch._inductor import config as inductor_config
+
+        # compiled random draws (dropout, prefix dropout) from torch's generator, as in eager:
+        # the same (seed, micro-step, rank) stream, so compiled runs also resume exactly
+        inductor_config.fallback_random = True
+        engine.compile()  # DeepSpeed's: torch.compile of the module, its ZeRO hooks kept
 
     objective = build_objective(cfg)
     build_loader = getattr(objective, "build_loader", _build_loader)  # GLUE: in-memory TSVs
@@ -402,9 +415,16 @@ def train(
         )
 
     streak = 0  # consecutive steps with a non-finite loss or gradients (skipped)
+    profiler = None
+    if t.profile:
+        from pretrain.profiling import StepProfiler
+
+        profiler = StepProfiler(t.profile, run_dir / "profile", env.rank, device)
 
     try:
         while state.step < t.max_steps:
+            if profiler is not None:
+                profiler.before_step(state.step + 1)
             step_tokens = 0
             step_stats: dict[str, float] = {}
             nonfinite = torch.zeros((), device=device)
@@ -446,6 +466,8 @@ def train(
                 step_tokens += objective.num_tokens(batch)
             meter.tokens += step_tokens
             state.step += 1
+            if profiler is not None:
+                profiler.after_step(state.step)
             if bad:
                 state.skipped_steps += 1
                 streak += 1
@@ -519,6 +541,8 @@ def train(
             if probes is not None and state.step % cfg.probes.every == 0:
                 probes.run(engine, state.step)
     finally:
+        if profiler is not None:
+            profiler.close()
         if progress is not None:
             progress.close()
         logger.close()
