@@ -25,6 +25,9 @@ NOT_RUN = {  # first words of commands this test does not run, with the reason
     ("perceiver", "glue"): "needs a trained run (test_glue_finetune)",
     ("perceiver", "export"): "needs a trained run (test_export)",
     ("perceiver", "import-hf"): "needs an HF model (test_export)",
+    ("perceiver", "generate"): "needs a trained run (test_inference)",
+    ("perceiver", "fill-mask"): "needs an imported model (test_inference)",
+    ("perceiver", "eval"): "needs a trained run (test_inference)",
 }
 
 
