@@ -194,7 +194,7 @@ class GlueConfig:
     tokenizer: str = "byte"  # what pretraining used: byte or spm:PATH (perceiver glue sets it)
     max_length: int = 0  # tokens per example incl. [CLS]/[SEP]; 0: model.max_seq_len
     max_train_examples: int = 0  # 0: all; else a fixed random subset (quick runs, probes)
-    max_eval_examples: int = 0  # 0: all; else the first N of each evaluation split
+    max_eval_examples: int = 0  # 0: all; else the first N of each dev split (test: always all)
 
     def validate(self) -> None:
         for key in ("max_length", "max_train_examples", "max_eval_examples"):

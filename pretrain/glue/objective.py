@@ -51,16 +51,18 @@ def load_split(
     """``split`` of the run's GLUE task (or of ``task``: the diagnostic set of an MNLI run),
     encoded as the run's config says.
 
-    Training splits are subsampled to ``glue.max_train_examples`` (a fixed random subset), other
-    splits cut to their first ``glue.max_eval_examples`` rows.
+    Training splits are subsampled to ``glue.max_train_examples`` (a fixed random subset), dev
+    splits cut to their first ``glue.max_eval_examples`` rows; test splits and the diagnostic set
+    are always whole (a submission file must have every row).
     """
+    submission = task is not None or split.startswith("test")
     task = task or get_task(cfg.glue.task)
     examples, _ = read_split(task_dir or cfg.data.dir, task, split)
     if split == cfg.data.train_split:
         rows = subsample_rows(len(examples), cfg.glue.max_train_examples, cfg.data.shuffle_seed)
         if rows is not None:
             examples = [examples[i] for i in rows]
-    elif cfg.glue.max_eval_examples:
+    elif cfg.glue.max_eval_examples and not submission:
         examples = examples[: cfg.glue.max_eval_examples]
     max_length = cfg.glue.max_length or cfg.model["max_seq_len"]
     return encode_examples(examples, task, load_tokenizer(cfg.glue.tokenizer), max_length)

@@ -279,3 +279,23 @@ def test_real_glue_files(shared_data):
     assert len(cola_dev) == 1043
     rte_test, _ = read_split(glue / "RTE", TASKS["rte"], "test")
     assert len(rte_test) == 3000 and rte_test[-1].index == "2999"
+
+
+def test_max_eval_examples_cuts_dev_splits_never_submission_files(glue_dir):
+    from pretrain.config import config_from_dict
+    from pretrain.glue.objective import load_split
+
+    cfg = config_from_dict(
+        {
+            "model": {"preset": "perceiver_io_classifier_tiny"},
+            "data": {"dir": str(glue_dir / "MNLI")},
+            "glue": {"task": "mnli", "max_eval_examples": 3},
+            "trainer": {"zero_stage": 0},
+        }
+    )
+    assert len(load_split(cfg, "dev_matched").labels) == 3
+    test, _ = read_split(glue_dir / "MNLI", TASKS["mnli"], "test_matched")
+    assert len(load_split(cfg, "test_matched").labels) == len(test) > 3
+    ax, _ = read_split(glue_dir / "diagnostic", DIAGNOSTIC, "diagnostic")
+    whole = load_split(cfg, "diagnostic", glue_dir / "diagnostic", DIAGNOSTIC)
+    assert len(whole.labels) == len(ax) > 3
