@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from data_pipeline.remote import check_location, is_url
 from data_pipeline.shards import (
     COMPRESSION,
     DEFAULT_SIZE_LIMIT,
@@ -163,7 +164,12 @@ def prepare_videos(
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.monotonic()
     listing = list_videos(input_dir, labels, val_fraction)
-    out = Path(out_dir).absolute()
+    if is_url(out_dir):
+        raise ValueError(
+            f"output: prepare-video writes a local directory, not {os.fspath(out_dir)}; build it "
+            "locally and upload it with remote.publish (manifest.json last)"
+        )
+    out = Path(check_location(out_dir, key="output")).absolute()
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = video_columns(spec, frames_format, audio_dtype)

@@ -106,7 +106,7 @@ class Objective:
                     objective=cls.name,
                     vocab_size=model_cfg.vocab_size,
                 )
-        except (FileNotFoundError, ValueError) as e:
+        except (OSError, ValueError) as e:  # OSError: a URL's bucket, credentials, network
             raise ConfigError(f"data.dir: {e}") from None
 
 
