@@ -35,6 +35,7 @@ __all__ = [
     "is_url",
     "join",
     "local_mirror",
+    "manifest_bytes",
     "publish",
     "read_bytes",
     "under",
@@ -204,14 +205,33 @@ def _mirror_dir(url: str) -> Path:
     return Path(_mirror_root.name) / digest
 
 
-def fetch(data_dir: str | os.PathLike[str], name: str) -> Path:
-    """A local path of `data_dir/name`: the file itself, or a copy of the object downloaded once
-    per process into a temporary mirror (removed at exit)."""
+def manifest_bytes(url: str) -> bytes:
+    """The `manifest.json` of the dataset at `url`, downloaded now.
+
+    Raises:
+        FileNotFoundError: If the bucket does not exist, or the prefix holds no manifest (not a
+            dataset, or one whose upload has not finished).
+        PermissionError, ConnectionError: As `read_bytes`.
+    """
+    try:
+        return read_bytes(join(url, MANIFEST_NAME))
+    except FileNotFoundError as err:
+        if "bucket" in str(err):
+            raise
+        raise FileNotFoundError(
+            f"{join(url, MANIFEST_NAME)} not found{_endpoint(url)}: {url} is not a complete shard "
+            f"directory (build one with `perceiver data prepare --output {url}`)"
+        ) from None
+
+
+def fetch(data_dir: str | os.PathLike[str], name: str, *, fresh: bool = False) -> Path:
+    """A local path of `data_dir/name`: the file itself, or a copy of the object downloaded into
+    a temporary mirror (removed at exit) once per process, or again if `fresh`."""
     text = os.fspath(data_dir)
     if not is_url(text):
         return Path(text) / name
     dest = _mirror_dir(text.rstrip("/")) / name
-    if not dest.is_file():
+    if fresh or not dest.is_file():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")
         _download(join(text, name), tmp)
@@ -221,19 +241,22 @@ def fetch(data_dir: str | os.PathLike[str], name: str) -> Path:
 
 def local_mirror(data_dir: str | os.PathLike[str], splits: tuple[str, ...] = ()) -> Path:
     """`data_dir` itself if local; for a URL a local mirror holding its manifest, the tokenizer
-    model and each split's `index.json` (shards are fetched on demand with `fetch`)."""
+    model and each split's `index.json`, downloaded now (shards are fetched on demand)."""
     import json
 
     text = os.fspath(data_dir)
     if not is_url(text):
         return Path(text)
-    manifest = json.loads(fetch(text, MANIFEST_NAME).read_text(encoding="utf-8"))
-    model = manifest.get("tokenizer", {}).get("model_file")
-    if manifest.get("tokenizer", {}).get("name") == "spm":
-        fetch(text, model or "tokenizer.model")
+    root = _mirror_dir(text.rstrip("/"))
+    root.mkdir(parents=True, exist_ok=True)
+    raw = manifest_bytes(text)
+    (root / MANIFEST_NAME).write_bytes(raw)
+    tokenizer = json.loads(raw).get("tokenizer", {})
+    if tokenizer.get("name") == "spm":
+        fetch(text, tokenizer.get("model_file", "tokenizer.model"), fresh=True)
     for split in splits:
-        fetch(text, f"{split}/index.json")
-    return _mirror_dir(text.rstrip("/"))
+        fetch(text, f"{split}/index.json", fresh=True)
+    return root
 
 
 def writable_check(url: str, *, overwrite: bool) -> None:
@@ -290,6 +313,11 @@ def publish(local_dir: str | os.PathLike[str], url: str, *, threads: int = 8) ->
 
     with cf.ThreadPoolExecutor(max(1, threads)) as pool:
         for batch in (shards, indexes):  # an index only once all its shards are there
-            for future in [pool.submit(upload, name) for name in batch]:
-                future.result()
+            futures = [pool.submit(upload, name) for name in batch]
+            try:
+                for future in futures:
+                    future.result()
+            finally:
+                for future in futures:  # fail fast: nothing more is started after an error
+                    future.cancel()
     upload(MANIFEST_NAME)

@@ -33,7 +33,7 @@ import numpy as np
 from data_pipeline.corpus import DEFAULT_MAX_DOC_BYTES, Record
 from data_pipeline.mds import TokenShardWriter
 from data_pipeline.packing import SPLITS, DocumentPacker, PackStats, sample_len_for
-from data_pipeline.remote import check_location, fetch, is_url, join, read_bytes
+from data_pipeline.remote import check_location, fetch, is_url, join, manifest_bytes
 from data_pipeline.tokenizers import Tokenizer, shard_dtype
 
 __all__ = [
@@ -88,15 +88,7 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     data_dir = check_location(data_dir)
     path = join(data_dir, MANIFEST_NAME)
     if is_url(data_dir):
-        try:
-            text = read_bytes(path).decode("utf-8")
-        except FileNotFoundError as err:
-            if "bucket" in str(err):
-                raise
-            raise FileNotFoundError(
-                f"{path} not found: {data_dir} is not a complete shard directory "
-                "(build one with `perceiver data prepare --output URL`)"
-            ) from None
+        text = manifest_bytes(data_dir).decode("utf-8")
     elif not Path(path).is_file():
         raise FileNotFoundError(
             f"{path} not found: {data_dir} is not a complete shard directory "
