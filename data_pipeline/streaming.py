@@ -83,6 +83,35 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
+class ShardFetchError(RuntimeError):
+    """A shard could not be downloaded after streaming's retries (the message names it)."""
+
+
+class CheckedStreamingDataset(StreamingDataset):
+    """`StreamingDataset` whose epoch fails loudly when a shard cannot be fetched.
+
+    When its download thread fails (the retries spent), mosaicml-streaming 0.13 ends the epoch
+    early and silently, and only the next epoch raises a bare "Background thread failed": a rank
+    would train on part of its data and fall out of step with the others. Here the epoch raises
+    `ShardFetchError` with the download error instead, which names the shard's URL.
+    """
+
+    _failure: BaseException | None = None
+
+    def on_exception(self, future: Any) -> None:
+        if future.exception() is not None:
+            self._failure = future.exception()
+        super().on_exception(future)
+
+    def __iter__(self) -> Any:
+        yield from super().__iter__()
+        if self._failure is not None:
+            raise ShardFetchError(
+                f"a shard could not be read after streaming's retries (data.download_retry): "
+                f"{type(self._failure).__name__}: {self._failure}"
+            ) from self._failure
+
+
 def ensure_distributed_env(*, clean_shared_memory: bool = True) -> dict[str, int]:
     """Sets the environment streaming needs, and cleans leaked shared memory once per process.
 
@@ -252,7 +281,7 @@ def streams_dataset(
         else:
             remote, local = join(root, split), _cache_dir(cache_root, root, split)
         streams.append(Stream(remote=remote, local=local, proportion=proportion))
-    return StreamingDataset(
+    return CheckedStreamingDataset(
         streams=streams,
         shuffle=shuffle,
         shuffle_seed=seed,

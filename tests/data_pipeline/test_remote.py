@@ -195,3 +195,28 @@ def test_an_interrupted_upload_is_invisible_and_resumed(s3_server, tmp_path, mon
     _prepare(url, staging)
     assert s3_server.objects(url)["manifest.json"] == manifest
     assert not any(staging.iterdir())
+
+
+def test_a_shard_lost_mid_epoch_fails_the_epoch_naming_it(s3_server, tmp_path):
+    """streaming 0.13 alone would end the epoch early without a word once a download fails."""
+    from data_pipeline.streaming import ShardFetchError, build_dataloader
+
+    url = s3_server.bucket("lossy") + "/demo"
+    _prepare(url, tmp_path / "staging")
+    key = "demo/train/00000/shard.00002.mds.zstd"
+    s3_server.client().delete_object(Bucket="lossy", Key=key)
+    loader = build_dataloader(
+        url, "train", 4, shuffle=False, cache_root=tmp_path / "cache", download_retry=1
+    )
+    with pytest.raises(ShardFetchError, match=f"s3://lossy/{key} not found"):
+        for _ in loader:
+            pass
+
+
+def test_an_unreachable_endpoint_is_named(s3_demo, monkeypatch):
+    from tests.conftest import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
+    with pytest.raises(SystemExit, match=f"storage unreachable \\(endpoint {endpoint}\\)"):
+        main(["data", "inspect", s3_demo])
