@@ -3,6 +3,7 @@ s3://, inspect, stream (alone and mixed with a local dataset), and the errors us
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -82,6 +83,18 @@ def test_streaming_from_s3_yields_the_batches_of_the_local_directory(s3_demo, lo
     assert remote == batches(local_demo, tmp_path / "cache_local") and len(remote) > 5
     cached = list((tmp_path / "cache_s3").rglob("shard.*"))
     assert cached and not (tmp_path / "s3:").exists()
+    # A cache smaller than the split (val: 21 shards): shards are evicted, batches stay the same.
+    index_file = local_demo / "val" / "index.json"
+    sizes = [s["raw_data"]["bytes"] + s["zip_data"]["bytes"] for s in json.loads(
+        index_file.read_text())["shards"]]  # fmt: skip
+    limit = 4 * max(sizes) + index_file.stat().st_size + 1  # streaming's minimum
+    assert limit < sum(sizes) / 2
+    expected = [b["tokens"].tolist() for b in build_dataloader(local_demo, "val", 4, seed=3)]
+    small = tmp_path / "small"
+    loader = build_dataloader(s3_demo, "val", 4, seed=3, cache_root=small, cache_limit=limit)
+    assert [b["tokens"].tolist() for b in loader] == expected
+    used = sum(p.stat().st_size for p in small.rglob("*") if p.is_file())
+    assert 0 < used <= limit
     with pytest.raises(ValueError, match="node-local cache"):
         build_dataloader(s3_demo, "train", 4)
 
@@ -220,3 +233,13 @@ def test_an_unreachable_endpoint_is_named(s3_demo, monkeypatch):
     monkeypatch.setenv("S3_ENDPOINT_URL", endpoint)
     with pytest.raises(SystemExit, match=f"storage unreachable \\(endpoint {endpoint}\\)"):
         main(["data", "inspect", s3_demo])
+
+
+def test_export_finds_the_tokenizer_of_a_run_whose_data_was_remote(s3_demo, local_demo):
+    from pretrain.export import run_tokenizer
+
+    expected = read_manifest(local_demo)["tokenizer"]  # no model section: no byte fallback
+    assert run_tokenizer({"data": {"dir": s3_demo}}) == expected
+    bucket, name = s3_demo.rsplit("/", 1)
+    mixture = {"dir": bucket, "mixture": [{"name": "demo", "dir": name, "proportion": 1.0}]}
+    assert run_tokenizer({"data": mixture}) == expected
