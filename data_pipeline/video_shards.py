@@ -163,13 +163,13 @@ def prepare_videos(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.monotonic()
-    listing = list_videos(input_dir, labels, val_fraction)
     if is_url(out_dir):
         raise ValueError(
             f"output: prepare-video writes a local directory, not {os.fspath(out_dir)}; build it "
-            "locally and upload it with remote.publish (manifest.json last)"
+            "locally, then upload it with manifest.json last (data_pipeline.remote.publish)"
         )
     out = Path(check_location(out_dir, key="output")).absolute()
+    listing = list_videos(input_dir, labels, val_fraction)
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = video_columns(spec, frames_format, audio_dtype)

@@ -151,6 +151,14 @@ def test_unsupported_outputs_are_refused_and_nothing_is_written(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_prepare_video_refuses_a_url_output(tmp_path):
+    argv = ["data", "prepare-video", "--input", str(tmp_path), "--output", "s3://bucket/clips"]
+    with pytest.raises(SystemExit, match="prepare-video writes a local directory, not s3://"):
+        main(argv)
+    with pytest.raises(SystemExit, match="looks like a URL missing a slash"):
+        main([*argv[:-1], "s3:/bucket/clips"])
+
+
 @pytest.mark.parametrize("data_dir", ["http://example.com/x", "s3:/corpora/c4", "nfs://a/b"])
 def test_unsupported_data_dirs_are_refused_by_inspect_and_config(data_dir):
     from pretrain.config import ConfigError, DataConfig
