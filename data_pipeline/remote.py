@@ -21,6 +21,9 @@ or `GCS_KEY`/`GCS_SECRET` for gs://. Errors name the URL, never a credential.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import hashlib
+import json
+import logging
 import os
 import re
 import tempfile
@@ -156,6 +159,9 @@ def _uploader(url: str, local: str) -> Any:
     """Streaming's uploader for `url` (checks the bucket exists and credentials work)."""
     from streaming.base.storage import CloudUploader
 
+    quiet = logging.getLogger("streaming.base.storage.upload")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warning that `local` is not empty: it is meant to hold data
     try:
         return CloudUploader.get((local, url), keep_local=True, exist_ok=True)
     except Exception as err:  # each storage library raises its own types
@@ -165,6 +171,8 @@ def _uploader(url: str, local: str) -> Any:
                 f"bucket {urlparse(url).netloc!r} of {url} does not exist{_endpoint(url)}"
             )
         raise explained from err
+    finally:
+        quiet.setLevel(level)
 
 
 def _download(url: str, dest: Path, timeout: float = 60.0) -> None:
@@ -199,8 +207,6 @@ def _mirror_dir(url: str) -> Path:
     global _mirror_root
     if _mirror_root is None:
         _mirror_root = tempfile.TemporaryDirectory(prefix="perceiver-remote-")
-    import hashlib
-
     digest = hashlib.blake2b(url.encode(), digest_size=8).hexdigest()
     return Path(_mirror_root.name) / digest
 
@@ -242,8 +248,6 @@ def fetch(data_dir: str | os.PathLike[str], name: str, *, fresh: bool = False) -
 def local_mirror(data_dir: str | os.PathLike[str], splits: tuple[str, ...] = ()) -> Path:
     """`data_dir` itself if local; for a URL a local mirror holding its manifest, the tokenizer
     model and each split's `index.json`, downloaded now (shards are fetched on demand)."""
-    import json
-
     text = os.fspath(data_dir)
     if not is_url(text):
         return Path(text)

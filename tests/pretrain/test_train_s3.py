@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, clean_env
+from tests.conftest import REPO, clean_env, run_perceiver
 from tests.pretrain.test_train_e2e import _losses, _train
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
@@ -54,6 +54,31 @@ def test_train_from_s3_on_2_ranks_resumes_bit_identically(s3_server, demo, tmp_p
     secret = s3_server.env["AWS_SECRET_ACCESS_KEY"].encode()
     leaked = [p for p in parts.rglob("*") if p.is_file() and secret in p.read_bytes()]
     assert leaked == []
+
+
+def test_elastic_resume_from_s3_on_another_world_size(demo, tmp_path):
+    """A checkpoint of 2 ranks reading s3:// resumes on 1 rank (universal checkpoint), with the
+    same global batch and the loader's position carried over."""
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    common = ("trainer.max_steps=4", "trainer.log_every=1", "trainer.val_every=0",
+              "checkpoint.every=0", f"data.cache_dir={cache}")  # fmt: skip
+    _train("tiny_mlm.yaml", demo["s3"], run, *common, extra=("--stop-at-step", "2"))
+    run_perceiver(
+        [
+            "train",
+            str(REPO / "configs" / "tiny_mlm.yaml"),
+            f"data.dir={demo['s3']}",
+            f"trainer.run_dir={run}",
+            "logging.progress_bar=false",
+            *common,
+            "trainer.micro_batch_size=2",
+            "trainer.grad_accum_steps=4",
+        ]
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumed_from"].endswith("step_00000002")
+    assert summary["state"]["samples_seen"] == 4 * 8
+    assert sorted(_losses(run)) == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(
