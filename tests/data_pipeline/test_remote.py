@@ -14,8 +14,6 @@ from data_pipeline.cli import inspect_shards, main
 from data_pipeline.shards import read_manifest
 from tests.conftest import S3Server
 
-SEQ_LEN = 64
-
 
 def _prepare(out: str | Path, staging: Path | None = None, *extra: str) -> None:
     argv = ["data", "prepare", "--source", "demo", "--output", str(out), "--seq-len", "64"]
@@ -39,16 +37,19 @@ def local_demo(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def s3_demo(s3_server: S3Server, tmp_path_factory) -> str:
     url = s3_server.bucket("corpora") + "/demo"
-    staging = tmp_path_factory.mktemp("staging")
-    _prepare(url, staging)
+    staging, cwd = tmp_path_factory.mktemp("staging"), tmp_path_factory.mktemp("cwd")
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        _prepare(url, staging)
+    finally:
+        os.chdir(previous)
     assert not any(staging.iterdir())  # the staging copy is deleted once uploaded
+    assert not any(cwd.iterdir())  # and no local `s3:/corpora/demo` was written
     return url
 
 
-def test_prepare_to_s3_uploads_the_bytes_of_a_local_conversion(
-    s3_server, s3_demo, local_demo, monkeypatch, tmp_path
-):
-    monkeypatch.chdir(tmp_path)
+def test_prepare_to_s3_uploads_the_bytes_of_a_local_conversion(s3_server, s3_demo, local_demo):
     remote, local = s3_server.objects(s3_demo), _local_files(local_demo)
     assert set(remote) == set(local) and len(remote) > 6  # several shards per split
     differ = [name for name in local if remote[name] != local[name]]
@@ -60,7 +61,6 @@ def test_prepare_to_s3_uploads_the_bytes_of_a_local_conversion(
         for part in manifest["parts"]:
             part.pop("wall_time_s")
     assert a == b
-    assert not Path("s3:").exists()
 
 
 def test_inspect_a_url_equals_inspect_of_the_local_copy(s3_demo, local_demo, capsys):
