@@ -28,6 +28,7 @@ from typing import Any
 
 from data_pipeline.corpus import DEFAULT_MAX_DOC_BYTES, SOURCES, CorpusError
 from data_pipeline.packing import OBJECTIVES, SPLITS
+from data_pipeline.remote import check_location, is_url, local_mirror
 from data_pipeline.shards import (
     DEFAULT_SIZE_LIMIT,
     iter_samples,
@@ -86,7 +87,18 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="files, globs, directories or s3:// / gs:// URLs (not for --source demo)",
     )
-    prepare.add_argument("--output", required=True, type=Path, metavar="DIR")
+    prepare.add_argument(
+        "--output",
+        required=True,
+        metavar="DIR|URL",
+        help="local directory, or s3://bucket/prefix (gs://, ...: built in --staging-dir, then "
+        "uploaded with manifest.json last)",
+    )
+    prepare.add_argument(
+        "--staging-dir",
+        metavar="DIR",
+        help="local directory a URL output is built in first (default: $TMPDIR/perceiver-staging)",
+    )
     prepare.add_argument(
         "--seq-len",
         type=int,
@@ -174,7 +186,7 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
     inspect = subparsers.add_parser(
         "inspect", help="summarise a shard directory (text or video: counts, sizes, samples)"
     )
-    inspect.add_argument("data_dir", type=Path, metavar="DIR")
+    inspect.add_argument("data_dir", metavar="DIR|URL")
     inspect.add_argument("--samples", type=int, default=3, help="decoded samples to show")
     inspect.add_argument("--chars", type=int, default=300, help="characters per shown sample")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -243,8 +255,9 @@ def run_prepare(args: argparse.Namespace) -> int:
             chunk_bytes=int(args.chunk_mb * 1e6) if args.chunk_mb else None,
             progress=progress,
             compression=args.compression,
+            staging_dir=args.staging_dir,
         )
-    except (FileExistsError, FileNotFoundError, CorpusError, ValueError) as err:
+    except (OSError, CorpusError, ValueError) as err:
         raise _fail("prepare", err) from err
     docs = manifest["documents"]
     print(
@@ -321,7 +334,7 @@ def inspect_shards(
     Raises:
         FileNotFoundError: If `data_dir` is not a complete shard directory.
     """
-    root = Path(data_dir)
+    root = local_mirror(check_location(data_dir), SPLITS)  # a URL's manifest and indexes
     manifest = read_manifest(root)
     if manifest.get("kind") == "video":
         return inspect_video_shards(root, manifest, num_samples)
@@ -334,11 +347,11 @@ def inspect_shards(
         splits[split] = {**sizes, "tokens": sizes["samples"] * manifest["sample_len"]}
     decoded = [
         tokenizer.decode(tokens)[:max_chars]
-        for tokens in iter_samples(root, "train", limit=max(num_samples, 0))
+        for tokens in iter_samples(data_dir, "train", limit=max(num_samples, 0))
     ]
     docs = manifest["documents"]
     return {
-        "data_dir": str(root),
+        "data_dir": str(data_dir) if is_url(data_dir) else str(root),
         "kind": "tokens",
         "consistent_with_manifest": consistent,
         "tokenizer": manifest["tokenizer"]["name"],
@@ -472,7 +485,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     """Runs `perceiver data inspect` with parsed arguments; returns the exit code."""
     try:
         summary = inspect_shards(args.data_dir, args.samples, args.chars)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         raise _fail("inspect", err) from err
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -23,10 +23,10 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from data_pipeline.packing import sample_len_for
+from data_pipeline.remote import absolute
 from data_pipeline.shards import read_manifest
 from data_pipeline.streaming import (
     EmptySplitError,
@@ -92,7 +92,7 @@ def check_datasets(
     """
     if not data_dirs:
         raise ValueError("no datasets given")
-    manifests = [(Path(d), read_manifest(d)) for d in data_dirs]
+    manifests = [(os.fspath(d), read_manifest(d)) for d in data_dirs]
     first_dir, first = manifests[0]
     kind = first.get("kind", "tokens")
     for data_dir, manifest in manifests[1:]:
@@ -168,6 +168,9 @@ def build_mixture_dataloader(
     shuffle_block_size: int | None = None,
     drop_last: bool = True,
     pin_memory: bool = False,
+    cache_limit: int | str | None = None,
+    download_retry: int = 2,
+    download_timeout: float = 60.0,
 ) -> Any:
     """The training loader of a mixture: one `StreamingDataset` over weighted `Stream`s.
 
@@ -185,6 +188,9 @@ def build_mixture_dataloader(
         shuffle_block_size: Shuffle block size in samples.
         drop_last: Drop an incomplete last batch.
         pin_memory: Pin batches.
+        cache_limit: Most bytes kept under `cache_root` (see `streaming.build_dataset`).
+        download_retry: Attempts per shard download.
+        download_timeout: Seconds per shard download.
 
     Returns:
         A `StreamingDataLoader` yielding `{"tokens": long[batch_size, L]}`, with
@@ -200,7 +206,7 @@ def build_mixture_dataloader(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     proportions = _normalised(sources)
-    roots = [Path(s.data_dir).absolute() for s in sources]
+    roots = [absolute(s.data_dir) for s in sources]
     first = check_datasets(roots)
     dataset = streams_dataset(
         list(zip(roots, proportions)),
@@ -213,6 +219,9 @@ def build_mixture_dataloader(
         predownload=predownload,
         num_canonical_nodes=num_canonical_nodes,
         shuffle_block_size=shuffle_block_size,
+        cache_limit=cache_limit,
+        download_retry=download_retry,
+        download_timeout=download_timeout,
     )
     world = int(os.environ["WORLD_SIZE"])
     if drop_last and math.ceil(dataset.epoch_size / world) < batch_size:
@@ -280,11 +289,15 @@ def build_val_loader(
     split: str = "val",
     num_workers: int = 0,
     cache_root: str | os.PathLike[str] | None = None,
+    cache_limit: int | str | None = None,
+    predownload: int | None = None,
+    download_retry: int = 2,
+    download_timeout: float = 60.0,
 ) -> InterleavedLoader:
     """Validation of a mixture: every dataset's own `val` split, unshuffled, interleaved.
 
     Datasets whose split has no sample are left out (a warning names them); at least one must
-    have samples.
+    have samples. The streaming settings (`cache_limit`, ...) are those of `build_dataloader`.
 
     Raises:
         EmptySplitError: If no dataset has validation samples.
@@ -302,6 +315,10 @@ def build_val_loader(
                 num_workers=num_workers,
                 drop_last=False,
                 cache_root=cache_root,
+                cache_limit=cache_limit,
+                predownload=predownload,
+                download_retry=download_retry,
+                download_timeout=download_timeout,
             )
         except ValueError as err:
             missing.append(f"{source.name}: {err}")

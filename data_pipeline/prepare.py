@@ -15,11 +15,13 @@ manifest that describes the build:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -38,6 +40,7 @@ from data_pipeline.convert import (
 )
 from data_pipeline.mds import merge_split_index
 from data_pipeline.packing import SPLITS, PackStats
+from data_pipeline.remote import check_location, is_url, publish, writable_check
 from data_pipeline.shards import (
     DEFAULT_SIZE_LIMIT,
     FORMAT_VERSION,
@@ -47,6 +50,7 @@ from data_pipeline.shards import (
     _fsync_tree,
     _publish,
     _tool_version,
+    is_complete,
 )
 from data_pipeline.sources import SourceOptions
 from data_pipeline.tokenizers import SPM_MODEL_NAME, get_tokenizer, shard_dtype
@@ -152,8 +156,13 @@ def prepare(
     overwrite: bool = False,
     progress: bool = False,
     metadata: Mapping[str, Any] | None = None,
+    staging_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Converts a corpus into `out_dir/{train,val}` shards and `out_dir/manifest.json`.
+
+    With a URL `out_dir` (`s3://bucket/prefix`, any scheme streaming can upload to), the shards
+    are built in a local staging directory (resumed like a local build), then uploaded with the
+    manifest last (`remote.publish`) and the staging copy deleted.
 
     Args:
         source: One of `sources.SOURCES`.
@@ -172,12 +181,17 @@ def prepare(
         overwrite: Replace a complete `out_dir`, or discard an unfinished build of other settings.
         progress: Show a progress bar.
         metadata: Extra facts stored in the manifest's `metadata`.
+        staging_dir: Where a URL output is built first (default `$TMPDIR/perceiver-staging`).
 
     Returns:
         The manifest.
 
     Raises:
-        FileExistsError: If `out_dir` is complete (without `overwrite`), or not a shard directory.
+        FileExistsError: If `out_dir` is complete (without `overwrite`; a URL never is replaced),
+            or not a shard directory.
+        ValueError: For an unsupported URL.
+        FileNotFoundError, PermissionError, ConnectionError: For a missing bucket, missing
+            credentials or an unreachable endpoint (see `remote`).
         CorpusError: If an input cannot be read at all.
         StrictError: In strict mode, naming the first rejected record or a directory that
             cannot be listed (without strict, such a directory is counted as
@@ -195,16 +209,25 @@ def prepare(
         raise ValueError(f"workers must be at least 1, got {workers}")
     sample_len = settings.sample_len
     tok = get_tokenizer(tokenizer)
+    url = check_location(out_dir, write=True, key="output") if is_url(out_dir) else None
+    if url:
+        writable_check(url, overwrite=overwrite)  # before any work: bucket, credentials, target
     unreadable: list[tuple[str, str]] = []
     found = resolve_for(settings, inputs, unreadable)
     skipped = PackStats(strict=strict)  # raises StrictError for the first one before any work
     for _, detail in unreadable:
         logger.warning("%s", detail)
         skipped.reject("unreadable_directory", detail)
-    out = Path(out_dir).absolute()
+    plan = {"settings": settings.to_dict(), "inputs": [item.name for item in found]}
+    if url:
+        out = _staging_for(url, plan, staging_dir)
+        if is_complete(out):  # converted before an interrupted upload
+            logger.info("uploading the finished conversion in %s to %s", out, url)
+            return _upload(out, url)
+    else:
+        out = Path(check_location(out_dir, key="output")).absolute()
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plan = {"settings": settings.to_dict(), "inputs": [item.name for item in found]}
     build = _open_build(out, plan, overwrite)
     done = done_parts(build, found)
     total = sum(max(item.size, 0) for item in found)
@@ -252,6 +275,25 @@ def prepare(
         out, stats.samples["train"], stats.samples["val"], sample_len,
         stats.documents_kept, stats.documents_rejected,
     )  # fmt: skip
+    return _upload(out, url) if url else manifest
+
+
+def _staging_for(url: str, plan: dict[str, Any], staging: str | os.PathLike[str] | None) -> Path:
+    """The local directory a conversion for `url` is built in: one per URL and plan, so an
+    interrupted run resumes it and other settings never mix with it."""
+    root = Path(staging or Path(tempfile.gettempdir()) / "perceiver-staging").absolute()
+    digest = hashlib.blake2b(
+        json.dumps([url, plan], sort_keys=True).encode(), digest_size=8
+    ).hexdigest()
+    return root / f"{url.rstrip('/').rsplit('/', 1)[-1]}-{digest}"
+
+
+def _upload(local: Path, url: str) -> dict[str, Any]:
+    """Publishes the finished `local` conversion to `url` (manifest last), then deletes it."""
+    manifest = json.loads((local / MANIFEST_NAME).read_text(encoding="utf-8"))
+    publish(local, url)
+    shutil.rmtree(local)
+    logger.info("uploaded %s to %s", local.name, url)
     return manifest
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from data_pipeline.corpus import DEFAULT_MAX_DOC_BYTES, Record
 from data_pipeline.mds import TokenShardWriter
 from data_pipeline.packing import SPLITS, DocumentPacker, PackStats, sample_len_for
+from data_pipeline.remote import check_location, fetch, is_url, join, manifest_bytes
 from data_pipeline.tokenizers import Tokenizer, shard_dtype
 
 __all__ = [
@@ -65,31 +66,38 @@ def _tool_version() -> str:
 
 
 def is_complete(data_dir: str | os.PathLike[str]) -> bool:
-    """Whether `data_dir` holds a finished build (its manifest exists)."""
-    return (Path(data_dir) / MANIFEST_NAME).is_file()
+    """Whether the local `data_dir` holds a finished build (its manifest exists)."""
+    return (Path(check_location(data_dir)) / MANIFEST_NAME).is_file()
 
 
 def read_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Reads `data_dir/manifest.json`.
 
     Args:
-        data_dir: A directory written by `write_shards`.
+        data_dir: A directory written by `write_shards`, or the URL of one (`s3://...`).
 
     Returns:
         The manifest.
 
     Raises:
-        FileNotFoundError: If there is no manifest (not a shard directory, or an unfinished one).
+        FileNotFoundError: If there is no manifest (not a shard directory, or an unfinished one),
+            or no such bucket.
+        PermissionError, ConnectionError: For a URL without access (see `remote`).
         ValueError: If the manifest is not valid JSON or of an unknown format version.
     """
-    path = Path(data_dir) / MANIFEST_NAME
-    if not path.is_file():
+    data_dir = check_location(data_dir)
+    path = join(data_dir, MANIFEST_NAME)
+    if is_url(data_dir):
+        text = manifest_bytes(data_dir).decode("utf-8")
+    elif not Path(path).is_file():
         raise FileNotFoundError(
             f"{path} not found: {data_dir} is not a complete shard directory "
             "(build one with `perceiver data prepare`)"
         )
+    else:
+        text = Path(path).read_text(encoding="utf-8")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from err
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -148,7 +156,8 @@ def iter_stored_samples(
     compressed ones; this reader does not, so it is safe on read-only or shared directories.)
 
     Args:
-        data_dir: A shard directory (text or video).
+        data_dir: A shard directory (text or video), or its URL (the shards read are
+            downloaded once into a temporary mirror, `remote.fetch`).
         split: `"train"` or `"val"`.
         limit: Stop after this many samples.
 
@@ -158,20 +167,18 @@ def iter_stored_samples(
     from streaming.base.compression import decompress
     from streaming.base.format import reader_from_json
 
-    root = Path(data_dir)
-    index = json.loads((root / split / "index.json").read_text(encoding="utf-8"))
+    index = json.loads(fetch(data_dir, f"{split}/index.json").read_text(encoding="utf-8"))
     count = 0
     for info in index["shards"]:
         if limit is not None and count >= limit:
             return
-        reader = reader_from_json(str(root), split, info)
+        reader = reader_from_json(os.fspath(data_dir), split, info)
         zip_info = info.get("zip_data")
         if zip_info:
-            raw = decompress(
-                info["compression"], (root / split / zip_info["basename"]).read_bytes()
-            )
+            stored = fetch(data_dir, f"{split}/{zip_info['basename']}").read_bytes()
+            raw = decompress(info["compression"], stored)
         else:
-            raw = (root / split / info["raw_data"]["basename"]).read_bytes()
+            raw = fetch(data_dir, f"{split}/{info['raw_data']['basename']}").read_bytes()
         # MDS layout: uint32 sample count, uint32 offsets[count + 1], then the samples.
         offsets = np.frombuffer(raw, np.uint32, count=info["samples"] + 1, offset=4)
         for begin, end in zip(offsets[:-1], offsets[1:]):
@@ -283,7 +290,12 @@ def write_shards(
         ValueError: For bad arguments, or when no complete training sample could be packed.
         CorpusError: If an input cannot be read (from the reader).
     """
-    out = Path(out_dir).absolute()
+    if is_url(out_dir):
+        raise ValueError(
+            f"write_shards writes local directories, not {os.fspath(out_dir)}: use "
+            "`prepare(..., out_dir=URL)` (perceiver data prepare --output URL)"
+        )
+    out = Path(check_location(out_dir)).absolute()
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     stale = sorted(p.name for p in out.parent.glob(f".{out.name}.tmp-*"))
@@ -413,6 +425,7 @@ def prepare_corpus(
     chunk_bytes: int | None = None,
     progress: bool = False,
     compression: str | None = None,
+    staging_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Reads a corpus and writes tokenized shards; what `perceiver data prepare` runs.
 
@@ -422,7 +435,7 @@ def prepare_corpus(
         source: One of `sources.SOURCES` (`wikipedia`, `wikiextractor`, `c4`, `jsonl`, `text`,
             `parquet`, `demo`).
         inputs: Files, globs, directories or URLs (none for `"demo"`).
-        out_dir: Destination shard directory.
+        out_dir: Destination shard directory, or a URL (`s3://bucket/prefix`).
         seq_len: Model input length; samples hold `seq_len` (MLM) or `seq_len + 1` (AR) tokens.
         objective: `"mlm"` or `"ar"`.
         val_fraction: Fraction of documents sent to validation.
@@ -439,6 +452,7 @@ def prepare_corpus(
         chunk_bytes: XML bytes per parallel chunk of a Wikipedia dump.
         progress: Show a progress bar.
         compression: Shard compression (default `prepare.DEFAULT_COMPRESSION`, zstd level 1).
+        staging_dir: Where a URL output is built before the upload.
 
     Returns:
         The manifest.
@@ -468,6 +482,7 @@ def prepare_corpus(
         strict=strict,
         overwrite=overwrite,
         progress=progress,
+        staging_dir=staging_dir,
         **({"compression": compression} if compression else {}),
     )
 

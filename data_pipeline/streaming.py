@@ -65,6 +65,7 @@ from streaming.base.util import clean_stale_shared_memory
 
 from data_pipeline.collators import stack_tokens
 from data_pipeline.packing import SPLITS
+from data_pipeline.remote import absolute, is_url, join
 from data_pipeline.shards import read_manifest
 
 __all__ = [
@@ -149,6 +150,35 @@ def clean_leaked_shared_memory() -> list[str]:
     return removed
 
 
+class ShardFetchError(RuntimeError):
+    """A shard could not be downloaded after streaming's retries (the message names it)."""
+
+
+class CheckedStreamingDataset(StreamingDataset):
+    """`StreamingDataset` whose epoch fails loudly when a shard cannot be fetched.
+
+    When its download thread fails (the retries spent), mosaicml-streaming 0.13 ends the epoch
+    early and silently, and only the next epoch raises a bare "Background thread failed": a rank
+    would train on part of its data and fall out of step with the others. Here the epoch raises
+    `ShardFetchError` with the download error instead, which names the shard's URL.
+    """
+
+    _failure: BaseException | None = None
+
+    def on_exception(self, future: Any) -> None:
+        if future.exception() is not None:
+            self._failure = future.exception()
+        super().on_exception(future)
+
+    def __iter__(self) -> Any:
+        yield from super().__iter__()
+        if self._failure is not None:
+            raise ShardFetchError(
+                f"a shard could not be read after streaming's retries (data.download_retry): "
+                f"{type(self._failure).__name__}: {self._failure}"
+            ) from self._failure
+
+
 def ensure_distributed_env(*, clean_shared_memory: bool = True) -> dict[str, int]:
     """Sets the environment streaming needs, and cleans leaked shared memory once per process.
 
@@ -193,7 +223,7 @@ def ensure_distributed_env(*, clean_shared_memory: bool = True) -> dict[str, int
     return env
 
 
-def _split_info(data_dir: Path, split: str) -> dict[str, Any]:
+def _split_info(data_dir: str, split: str) -> dict[str, Any]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     manifest = read_manifest(data_dir)
@@ -207,17 +237,18 @@ def _split_info(data_dir: Path, split: str) -> dict[str, Any]:
         )
     if info["samples"] == 0:
         raise EmptySplitError(
-            f"{data_dir / split} has no samples (manifest: {info['documents']} documents, "
+            f"{join(data_dir, split)} has no samples (manifest: {info['documents']} documents, "
             f"{info['tokens_dropped']} tokens dropped as a partial sample); use more text, a "
             "larger val_fraction or a shorter seq_len"
         )
     return info
 
 
-def _cache_dir(cache_root: str | os.PathLike[str], data_dir: Path, split: str) -> str:
+def _cache_dir(cache_root: str | os.PathLike[str], data_dir: str, split: str) -> str:
     # Deterministic (every rank of a node must pass the same `local`) and distinct per dataset.
-    digest = hashlib.blake2b(str(data_dir).encode(), digest_size=6).hexdigest()
-    return str(Path(cache_root) / f"{data_dir.name}-{digest}" / split)
+    digest = hashlib.blake2b(data_dir.encode(), digest_size=6).hexdigest()
+    name = data_dir.rstrip("/").rsplit("/", 1)[-1]
+    return str(Path(cache_root) / f"{name}-{digest}" / split)
 
 
 def build_dataset(
@@ -232,11 +263,15 @@ def build_dataset(
     predownload: int | None = None,
     num_canonical_nodes: int | None = None,
     shuffle_block_size: int | None = None,
+    cache_limit: int | str | None = None,
+    download_retry: int = 2,
+    download_timeout: float = 60.0,
 ) -> StreamingDataset:
     """Builds the `StreamingDataset` of one split (what `build_dataloader` wraps).
 
     Args:
-        data_dir: A shard directory written by `write_shards` (with `manifest.json`).
+        data_dir: A shard directory written by `write_shards` (with `manifest.json`), or its URL
+            (`s3://bucket/prefix`, read through `cache_root`).
         split: `"train"` or `"val"`.
         batch_size: Per-rank batch size; streaming uses it to partition samples so that resume
             and elastic re-partitioning are deterministic. Must equal the loader's batch size.
@@ -244,13 +279,17 @@ def build_dataset(
         seed: Shuffle seed (`shuffle_seed`).
         cache_root: If given, shards are read from `data_dir/split` as a remote and copied under
             this directory (e.g. node-local SSD for data on a network filesystem); otherwise they
-            are read in place.
+            are read in place. Required for a URL.
         epoch_size: Samples per epoch over all ranks (default: the split size); larger values
             repeat samples, smaller ones subsample.
         predownload: Samples to prepare ahead per worker (default `8 * batch_size`).
         num_canonical_nodes: Streaming's canonical node count (default: the number of physical
             nodes); fix it to keep the sample order when the node count changes.
         shuffle_block_size: Shuffle block size in samples (streaming's default when None).
+        cache_limit: Most bytes kept under `cache_root` (e.g. `"20gb"`): streaming evicts the
+            least recently used shards, so a corpus larger than the disk streams through it.
+        download_retry: Attempts per shard download before the error names the shard.
+        download_timeout: Seconds allowed per shard download.
 
     Returns:
         The dataset; samples are `{"tokens": uint16 array [sample_len]}`.
@@ -262,7 +301,7 @@ def build_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return streams_dataset(
-        [(Path(data_dir), None)],
+        [(os.fspath(data_dir), None)],
         split,
         batch_size,
         shuffle=shuffle,
@@ -272,11 +311,14 @@ def build_dataset(
         predownload=predownload,
         num_canonical_nodes=num_canonical_nodes,
         shuffle_block_size=shuffle_block_size,
+        cache_limit=cache_limit,
+        download_retry=download_retry,
+        download_timeout=download_timeout,
     )
 
 
 def streams_dataset(
-    datasets: list[tuple[Path, float | None]],
+    datasets: list[tuple[str, float | None]],
     split: str,
     batch_size: int,
     *,
@@ -287,6 +329,9 @@ def streams_dataset(
     predownload: int | None,
     num_canonical_nodes: int | None,
     shuffle_block_size: int | None,
+    cache_limit: int | str | None = None,
+    download_retry: int = 2,
+    download_timeout: float = 60.0,
 ) -> StreamingDataset:
     """One `StreamingDataset` over the `split` of shard directories, one `Stream` each.
 
@@ -297,14 +342,19 @@ def streams_dataset(
     ensure_distributed_env()
     streams = []
     for data_dir, proportion in datasets:
-        root = Path(data_dir).absolute()
+        root = absolute(data_dir)
         _split_info(root, split)
         if cache_root is None:
-            remote, local = None, str(root / split)
+            if is_url(root):
+                raise ValueError(
+                    f"{root}: reading shards from object storage needs a node-local cache "
+                    "directory (cache_root; data.cache_dir in a training config)"
+                )
+            remote, local = None, join(root, split)
         else:
-            remote, local = str(root / split), _cache_dir(cache_root, root, split)
+            remote, local = join(root, split), _cache_dir(cache_root, root, split)
         streams.append(Stream(remote=remote, local=local, proportion=proportion))
-    return StreamingDataset(
+    return CheckedStreamingDataset(
         streams=streams,
         shuffle=shuffle,
         shuffle_seed=seed,
@@ -313,6 +363,9 @@ def streams_dataset(
         predownload=predownload if predownload is not None else 8 * batch_size,
         num_canonical_nodes=num_canonical_nodes,
         shuffle_block_size=shuffle_block_size,
+        cache_limit=cache_limit,
+        download_retry=download_retry,
+        download_timeout=download_timeout,
     )
 
 
@@ -343,6 +396,9 @@ def build_dataloader(
     persistent_workers: bool = False,
     prefetch_factor: int | None = None,
     collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    cache_limit: int | str | None = None,
+    download_retry: int = 2,
+    download_timeout: float = 60.0,
 ) -> StreamingDataLoader:
     """Builds the resumable loader of one split, yielding `{"tokens": long[batch_size, L]}`.
 
@@ -350,7 +406,7 @@ def build_dataloader(
     see the module docstring for how to loop over epochs and resume.
 
     Args:
-        data_dir: A shard directory written by `write_shards`.
+        data_dir: A shard directory written by `write_shards`, or its URL.
         split: `"train"` or `"val"`.
         batch_size: Per-rank (micro-)batch size.
         shuffle: Shuffle samples (use False for evaluation).
@@ -367,6 +423,9 @@ def build_dataloader(
         prefetch_factor: Batches prefetched per worker (needs `num_workers > 0`).
         collate_fn: Turns a list of samples into a batch; default: the one the manifest's
             `kind` calls for (`collate_for`): `stack_tokens`, or `stack_video` for video shards.
+        cache_limit: See `build_dataset`.
+        download_retry: See `build_dataset`.
+        download_timeout: See `build_dataset`.
 
     Returns:
         A `StreamingDataLoader` with `state_dict()` / `load_state_dict()`.
@@ -387,12 +446,15 @@ def build_dataloader(
         predownload=predownload,
         num_canonical_nodes=num_canonical_nodes,
         shuffle_block_size=shuffle_block_size,
+        cache_limit=cache_limit,
+        download_retry=download_retry,
+        download_timeout=download_timeout,
     )
     world = int(os.environ["WORLD_SIZE"])
     per_rank = math.ceil(dataset.epoch_size / world)
     if drop_last and per_rank < batch_size:
         raise ValueError(
-            f"{Path(data_dir) / split}: {dataset.epoch_size} samples per epoch give {per_rank} per "
+            f"{join(data_dir, split)}: {dataset.epoch_size} samples per epoch give {per_rank} per "
             f"rank over {world} ranks, less than one batch of {batch_size} (drop_last=True)"
         )
     extra: dict[str, Any] = {}

@@ -435,7 +435,9 @@ def tokenizer_from_manifest(
     info = manifest["tokenizer"]
     if info["name"] != "spm":
         return get_tokenizer(info["name"])
-    tokenizer = SentencePieceTokenizer(Path(data_dir) / info.get("model_file", SPM_MODEL_NAME))
+    from data_pipeline.remote import fetch  # a URL's model is downloaded once per process
+
+    tokenizer = SentencePieceTokenizer(fetch(data_dir, info.get("model_file", SPM_MODEL_NAME)))
     if info.get("model_sha256") and tokenizer.sha256 != info["model_sha256"]:
         raise ValueError(
             f"{tokenizer.model_file}: sha256 {tokenizer.sha256} differs from the manifest's "

@@ -35,7 +35,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="Kinetics-style CSV (label,youtube_id,time_start,time_end,split), or a class list "
         "(one name per line) for one-folder-per-class input; default: folder names",
     )
-    p.add_argument("--output", required=True, type=Path, metavar="DIR")
+    p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
     g = p.add_argument_group("clips")
     g.add_argument("--num-frames", type=int, default=16, help="frames per clip (16)")

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from data_pipeline.remote import check_location, is_url
 from data_pipeline.shards import (
     COMPRESSION,
     DEFAULT_SIZE_LIMIT,
@@ -183,9 +184,14 @@ def prepare_videos(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.monotonic()
+    if is_url(out_dir):
+        raise ValueError(
+            f"output: prepare-video writes a local directory, not {os.fspath(out_dir)}; build it "
+            "locally, then upload it with manifest.json last (data_pipeline.remote.publish)"
+        )
+    out = Path(check_location(out_dir, key="output")).absolute()
     listing = list_videos(input_dir, labels, val_fraction)
     _check_train_videos(input_dir, listing, val_fraction)
-    out = Path(out_dir).absolute()
     _check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = video_columns(spec, frames_format, audio_dtype)

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from data_pipeline.remote import check_location, is_url, under
+
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -34,7 +36,7 @@ class DataSourceConfig:
     """One dataset of a training mixture (see data_pipeline.mixtures)."""
 
     name: str = ""  # e.g. c4, wikipedia (unique; used in messages and metrics)
-    dir: str = ""  # a shard directory; a relative path is taken under data.dir
+    dir: str = ""  # a shard directory or URL; a relative path is taken under data.dir
     proportion: float = 1.0  # share of every training epoch (normalised over the mixture)
 
 
@@ -42,7 +44,7 @@ class DataSourceConfig:
 class DataConfig:
     """Where the shards are and how batches are made from them."""
 
-    dir: str = ""  # an MDS dataset directory with train/ and val/ (see data_pipeline.shards)
+    dir: str = ""  # an MDS dataset directory with train/ and val/, or its s3:// (gs://...) URL
     # Several datasets sampled in proportions (e.g. 70% C4 / 30% Wikipedia); when given, `dir`
     # is only the root their relative `dir`s are under.
     mixture: list[DataSourceConfig] = field(default_factory=list)
@@ -53,6 +55,12 @@ class DataConfig:
     num_workers: int = 0
     mask_prob: float = 0.15  # MLM only: fraction of whitespace-delimited words that are masked
     cache_dir: str | None = None  # streaming's local cache; default: <run_dir>/.streaming_cache
+    # Node-local cache size limit (e.g. "20gb"): least recently used shards are evicted, so a
+    # remote corpus larger than the disk streams through. None keeps every shard read.
+    cache_limit: str | None = None
+    predownload: int | None = None  # samples prepared ahead per worker; None: 8 x micro batch
+    download_retry: int = 2  # attempts per shard download before failing with the shard's URL
+    download_timeout: float = 60.0  # seconds per shard download
 
     def validate(self) -> None:
         if not self.dir and not self.mixture:
@@ -66,10 +74,23 @@ class DataConfig:
                 raise ConfigError(f"{key}.name: a unique non-empty name is required, got {names}")
             if not source.dir:
                 raise ConfigError(f"{key}.dir: required (a shard directory)")
-            if not Path(source.dir).is_absolute() and not self.dir:
+            try:
+                check_location(source.dir)
+            except ValueError as e:
+                raise ConfigError(f"{key}.dir: {e}") from None
+            if not Path(source.dir).is_absolute() and not is_url(source.dir) and not self.dir:
                 raise ConfigError(f"{key}.dir: {source.dir!r} is relative but data.dir is empty")
             if not source.proportion > 0:
                 raise ConfigError(f"{key}.proportion: must be > 0, got {source.proportion}")
+        for key, value in (("data.dir", self.dir), ("data.cache_dir", self.cache_dir or "")):
+            try:
+                check_location(value)
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+        if self.cache_dir and is_url(self.cache_dir):
+            raise ConfigError("data.cache_dir: must be a local (node-local) directory, not a URL")
+        if self.download_retry < 0 or self.download_timeout <= 0:
+            raise ConfigError("data.download_retry must be >= 0 and data.download_timeout > 0")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"data.mask_prob: must be in (0, 1), got {self.mask_prob}")
         if self.num_workers < 0:
@@ -80,7 +101,16 @@ class DataConfig:
         mixture)."""
         if not self.mixture:
             return [("data", self.dir, 1.0)]
-        return [(m.name, str(Path(self.dir) / m.dir), m.proportion) for m in self.mixture]
+        return [(m.name, under(self.dir, m.dir), m.proportion) for m in self.mixture]
+
+    def stream_options(self) -> dict[str, Any]:
+        """The streaming settings every loader builder takes (cache size, prefetch, retries)."""
+        return {
+            "cache_limit": self.cache_limit,
+            "predownload": self.predownload,
+            "download_retry": self.download_retry,
+            "download_timeout": self.download_timeout,
+        }
 
 
 @dataclass

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from data_pipeline.remote import is_url
 from pretrain.config import Config, config_from_dict
 from pretrain.export import find_checkpoint
 
@@ -37,7 +38,8 @@ def eval_config(
         raise FileNotFoundError(f"{saved}: missing; the checkpoint cannot explain itself")
     raw: dict[str, Any] = yaml.safe_load(saved.read_text()) or {}
     data = dict(raw.get("data") or {})
-    data.update(dir=str(Path(data_dir).resolve()), mixture=[], val_split=split, cache_dir=cache_dir)
+    data_dir = data_dir if is_url(data_dir) else str(Path(data_dir).resolve())
+    data.update(dir=data_dir, mixture=[], val_split=split, cache_dir=cache_dir)
     raw["data"] = data
     if device is not None:
         raw.setdefault("trainer", {})["device"] = device

@@ -173,20 +173,21 @@ def consolidate(checkpoint: str | Path) -> dict[str, Tensor]:
 def run_tokenizer(run_config: dict[str, Any]) -> dict[str, Any]:
     """The tokenizer a run trained with, from its data's manifest (SentencePiece model path made
     absolute); the byte tokenizer when the data is gone and the vocabulary is the byte one's."""
+    from data_pipeline.remote import fetch, under
     from data_pipeline.shards import read_manifest
     from data_pipeline.tokenizers import SPM_MODEL_NAME, ByteTokenizer
 
     data = run_config.get("data") or {}
     root = data.get("dir") or ""
     dirs = [root] if root and not data.get("mixture") else []
-    dirs += [str(Path(root) / m["dir"]) for m in data.get("mixture") or []]
+    dirs += [under(root, m["dir"]) for m in data.get("mixture") or []]
     for d in dirs:
         try:
             info = dict(read_manifest(d)["tokenizer"])
-        except (FileNotFoundError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError):
             continue
-        if info.get("name") == "spm":
-            info["model_file"] = str(Path(d) / info.get("model_file", SPM_MODEL_NAME))
+        if info.get("name") == "spm":  # a URL's model: downloaded into a temporary mirror
+            info["model_file"] = str(fetch(d, info.get("model_file", SPM_MODEL_NAME)))
         return info
     vocab = (run_config.get("model") or {}).get("vocab_size")
     if vocab == ByteTokenizer.vocab_size:

@@ -107,7 +107,7 @@ class Objective:
                     objective=cls.name,
                     vocab_size=model_cfg.vocab_size,
                 )
-            except (FileNotFoundError, ValueError) as e:
+            except (OSError, ValueError) as e:  # OSError: a URL's bucket, credentials, network
                 raise ConfigError(f"{key}: {e}") from None
         if cfg.data.mixture:
             from data_pipeline.mixtures import check_datasets

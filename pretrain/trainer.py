@@ -157,6 +157,7 @@ def _build_loader(cfg: Config, split: str, shuffle: bool):
             seed=cfg.data.shuffle_seed,
             num_workers=cfg.data.num_workers,
             cache_root=str(cache_root),
+            **cfg.data.stream_options(),
         )
     sources = [MixtureSource(name, d, p) for name, d, p in datasets]
     if split == cfg.data.train_split:
@@ -168,6 +169,7 @@ def _build_loader(cfg: Config, split: str, shuffle: bool):
             seed=cfg.data.shuffle_seed,
             num_workers=cfg.data.num_workers,
             cache_root=str(cache_root),
+            **cfg.data.stream_options(),
         )
     return build_val_loader(  # each dataset's own val split, interleaved in proportion
         sources,
@@ -175,6 +177,7 @@ def _build_loader(cfg: Config, split: str, shuffle: bool):
         split=split,
         num_workers=cfg.data.num_workers,
         cache_root=str(cache_root),
+        **cfg.data.stream_options(),
     )
 
 

@@ -125,3 +125,69 @@ def run_distributed(fn, world_size: int = 2, args: tuple = ()) -> None:
         start_method="spawn",
         join=True,
     )
+
+
+class S3Server:
+    """A real S3-compatible HTTP endpoint on 127.0.0.1 (moto's server) and its environment."""
+
+    def __init__(self, endpoint: str, env: dict[str, str]) -> None:
+        self.endpoint = endpoint
+        self.env = env
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def bucket(self, name: str) -> str:
+        """Creates bucket `name` (if needed); returns `s3://name`."""
+        client = self.client()
+        if name not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+            client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+    def objects(self, url: str) -> dict[str, bytes]:
+        """`relative key -> bytes` of every object under `url` (`s3://bucket/prefix`)."""
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        client = self.client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        return {
+            k[len(prefix) :].lstrip("/"): client.get_object(Bucket=bucket, Key=k)["Body"].read()
+            for k in keys
+        }
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto in server mode on a free port; this process's environment (and so `clean_env`, which
+    subprocesses get) points streaming's S3 code at it with dummy credentials. Stopped after the
+    module, the environment restored."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test-key-id",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-never-logged",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield S3Server(env["S3_ENDPOINT_URL"], env)
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

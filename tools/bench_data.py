@@ -8,7 +8,9 @@
 2. Loading. Samples/s of `StreamingDataset` + `StreamingDataLoader` + `stack_tokens` over the
    converted C4 shards (micro-batch 8 x 2048 bytes), with and without the MLM masker, against what
    one GPU consumes training the paper's 201M-parameter Perceiver IO MLM
-   (`flops_per_sample` / (peak bf16 FLOP/s x MFU)).
+   (`flops_per_sample` / (peak bf16 FLOP/s x MFU)). The same shards are also read from a local
+   S3 endpoint (moto's server on 127.0.0.1, when `moto[server]` is installed) into an empty cache,
+   in the same run, as `Stream(remote=s3://..., local=cache)` reads them in training.
 
 Inputs are real files when given (`--c4 FILE --wiki FILE`), otherwise generated: C4-like JSON
 lines (documents of log-normal length, mean ~2.2 kB as in C4, sentences from the real C4 and
@@ -206,13 +208,15 @@ def split_c4(path: Path, parts: int, work: Path) -> list[Path]:
     return out
 
 
-def bench_loader(data_dir: Path, seconds: float, mask: bool) -> float:
+def bench_loader(
+    data_dir: Path | str, seconds: float, mask: bool, cache_root: Path | None = None
+) -> float:
     from data_pipeline.collators import MLMMasker
     from data_pipeline.streaming import build_dataloader, ensure_distributed_env
     from data_pipeline.tokenizers import ByteTokenizer
 
     ensure_distributed_env(clean_shared_memory=False)
-    loader = build_dataloader(data_dir, "train", 8, shuffle=True, seed=0)
+    loader = build_dataloader(data_dir, "train", 8, shuffle=True, seed=0, cache_root=cache_root)
     masker = MLMMasker(ByteTokenizer()) if mask else None
     samples, step, t0 = 0, 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -224,6 +228,41 @@ def bench_loader(data_dir: Path, seconds: float, mask: bool) -> float:
             if time.perf_counter() - t0 > seconds:
                 break
     return samples / (time.perf_counter() - t0)
+
+
+def bench_s3_loader(data_dir: Path, seconds: float, work: Path) -> float | None:
+    """Samples/s of the same loader with the shards in a local S3 endpoint (moto's server, in this
+    process) streamed into an empty cache: the download path, not a real network."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        print("moto[server] not installed: no S3 loader case", file=sys.stderr)
+        return None
+    import logging
+    import socket
+
+    import boto3
+
+    from data_pipeline.remote import publish
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"S3_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        boto3.client("s3", endpoint_url=env["S3_ENDPOINT_URL"]).create_bucket(Bucket="bench")
+        publish(data_dir, "s3://bench/c4")
+        return bench_loader("s3://bench/c4", seconds, mask=False, cache_root=work / "s3-cache")
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def trainer_demand(mfu: float) -> dict[str, float]:
@@ -286,12 +325,14 @@ def main() -> None:
                     "wall_s": wall, "cpu_s": cpu}  # fmt: skip
         loader = bench_loader(work / "C4 .json.gz-1", args.loader_seconds, mask=False)
         masked = bench_loader(work / "C4 .json.gz-1", args.loader_seconds, mask=True)
+        from_s3 = bench_s3_loader(work / "C4 .json.gz-1", args.loader_seconds, work)
         demand = trainer_demand(args.mfu)
         calibration = bz2_calibration(wiki)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {"conversion": rows, "parallel": parallel, "loader_samples_s": loader,
-              "loader_masked_samples_s": masked, "trainer_demand": demand,
+              "loader_masked_samples_s": masked, "loader_s3_samples_s": from_s3,
+              "trainer_demand": demand,
               "bz2_calibration": calibration,
               "cpus": os.cpu_count(), "python": sys.version.split()[0]}  # fmt: skip
     print(json.dumps(result, indent=2))
@@ -346,6 +387,9 @@ def markdown(r: dict, args: argparse.Namespace) -> str:
         f"| StreamingDataset + stack_tokens | {r['loader_samples_s']:,.0f} |",
         f"| ... + MLM whole-word masking | {r['loader_masked_samples_s']:,.0f} |",
     ]
+    if r.get("loader_s3_samples_s"):
+        lines.append(f"| StreamingDataset from a local S3 endpoint (moto), empty cache | "
+                     f"{r['loader_s3_samples_s']:,.0f} |")  # fmt: skip
     d = r["trainer_demand"]
     for name, value in d.items():
         if name != "flops_per_sample":

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,7 +14,7 @@ def test_subcommands_register_funcs():
     data = parser.add_subparsers(dest="command").add_parser("data")  # as pretrain/cli.py does
     add_data_subcommands(data.add_subparsers(dest="data_command", required=True))
     args = parser.parse_args(["data", "inspect", "some/dir", "--samples", "1"])
-    assert args.func is run_inspect and args.data_dir == Path("some/dir") and args.samples == 1
+    assert args.func is run_inspect and args.data_dir == "some/dir" and args.samples == 1
     args = parser.parse_args(
         [
             "data",
