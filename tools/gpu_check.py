@@ -71,7 +71,7 @@ class Speed:
     tokens_per_s: float
     tflops: float
     mfu: float | None
-    peak_memory_gib: float
+    peak_memory_gib: float | None
     params_m: float
 
 
@@ -336,7 +336,7 @@ def measure(
     seq = batch[0].shape[1]
     flops = flops_per_sample * batch_size / seconds
     peak = detect_peak_flops(device, args.peak_flops)
-    memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return Speed(
         name,
         impl,
@@ -346,7 +346,7 @@ def measure(
         batch_size * seq / seconds,
         flops / 1e12,
         flops / peak if peak else None,
-        memory / 2**30,
+        memory,
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
 
@@ -411,10 +411,11 @@ def markdown(report: Report, command: str) -> str:
     ]
     for s in report.speed:
         mfu = f"{100 * s.mfu:.1f}%" if s.mfu is not None else "n/a"
+        peak = f"{s.peak_memory_gib:.2f}" if s.peak_memory_gib is not None else "n/a"
         lines.append(
             f"| {s.model} ({s.params_m:.1f}M) | {s.implementation} | {s.batch} x {s.seq_len} "
             f"| {s.step_s:.3f} | {s.tokens_per_s:,.0f} | {s.tflops:.2f} | {mfu} "
-            f"| {s.peak_memory_gib:.2f} |"
+            f"| {peak} |"
         )
     return "\n".join(lines) + "\n"
 
