@@ -50,11 +50,31 @@ class Case:
     description: str
     fields: dict[str, Any]
     batch_size: int
+    seq_len: int | None = None  # None: --seq-len
 
 
 # Per model the first case is the headline; the second is a shape where our advantages (masked
 # decoding, fused attention) matter less: the latent stack dominates and both are matmul-bound.
 CASES = {
+    "mlm-paper-shape": Case(
+        "mlm",
+        "MLM shaped like the paper's, 2048 bytes, 256 x 512 latents, 8 layers, 8 heads",
+        dict(
+            num_input_channels=256,
+            num_latents=256,
+            num_latent_channels=512,
+            cross_attention_qk_channels=256,
+            cross_attention_v_channels=512,
+            self_attention_qk_channels=256,
+            self_attention_v_channels=512,
+            num_self_attention_layers_per_block=8,
+            num_self_attention_heads=8,
+            num_cross_attention_heads=8,
+            num_decoder_heads=8,
+        ),
+        2,
+        seq_len=2048,
+    ),
     "mlm-small": Case(
         "mlm",
         "MLM, 256 x 256 latents, 4 layers, d_model 256",
@@ -146,12 +166,13 @@ def bench_mlm(case: Case, args: argparse.Namespace) -> list[Row]:
     """Rows of HF and our MLM (decoding all positions / masked positions only)."""
     from transformers import PerceiverForMaskedLM
 
-    cfg = PerceiverIOConfig(vocab_size=VOCAB, max_seq_len=args.seq_len, dropout=0.0, **case.fields)
+    seq_len = case.seq_len or args.seq_len
+    cfg = PerceiverIOConfig(vocab_size=VOCAB, max_seq_len=seq_len, dropout=0.0, **case.fields)
     torch.manual_seed(0)
     hf = PerceiverForMaskedLM(hf_config(cfg))
     ours = PerceiverMLM(cfg)
     ours.load_state_dict(from_hf_state_dict(hf.state_dict(), cfg))
-    b, s = case.batch_size, args.seq_len
+    b, s = case.batch_size, seq_len
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(6, VOCAB, (b, s), generator=gen)
     k = int(0.15 * s)  # masked positions per row
@@ -183,6 +204,14 @@ def bench_mlm(case: Case, args: argparse.Namespace) -> list[Row]:
         "ours, decode all positions": train_step_fn(ours, ours_full, args.bf16),
         "ours, decode masked only": train_step_fn(ours, ours_masked, args.bf16),
     }
+    if args.compile:
+        compiled = torch.compile(ours)
+
+        def compiled_masked() -> torch.Tensor:
+            logits = compiled(input_ids, attention_mask, output_positions=positions)
+            return F.cross_entropy(logits.flatten(0, 1).float(), masked_labels.flatten())
+
+        runs["ours, decode masked only, compiled"] = train_step_fn(ours, compiled_masked, args.bf16)
     seconds = time_round_robin(runs, args.warmup, args.steps)
     return [(name, cfg.num_params(), seconds[name]) for name in runs]
 
@@ -256,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for all models")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd MLM")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {list(CASES)}")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -270,8 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.cases.split(","):
         case = CASES[name]
         rows = (bench_mlm if case.model == "mlm" else bench_ar)(case, args)
-        title = f"{name}: {case.description}, batch {case.batch_size} x {args.seq_len}"
-        print(format_table(title, rows, case.batch_size * args.seq_len) + "\n")
+        seq_len = case.seq_len or args.seq_len
+        title = f"{name}: {case.description}, batch {case.batch_size} x {seq_len}"
+        print(format_table(title, rows, case.batch_size * seq_len) + "\n")
     print(
         "MLM: 15% of positions masked; 'decode masked only' passes output_positions so the\n"
         "decoder computes only the logits the MLM loss uses (same loss, less work).\n"
