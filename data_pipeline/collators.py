@@ -14,6 +14,10 @@ only on the micro-step and resuming needs no collator state.
   never labelled. A word cut by a sample boundary counts as a word. With a SentencePiece
   tokenizer, words are runs of pieces that are neither whitespace nor special, and a piece that
   starts with the word marker `▁` starts a new word; random replacements draw non-special ids.
+  With `unit="token"` every token of a word is a unit of its own (per-byte masking for the byte
+  tokenizer): `round(mask_prob * word tokens)` tokens per row are chosen and replaced one by one,
+  so the other bytes of a masked byte's word stay visible. Whitespace and special ids are never
+  labelled in either mode.
 - `ARTargets`: next-token targets, `input_ids = tokens[:, :-1]`, `labels = tokens[:, 1:]`.
 
 Both are vectorised over the batch (no Python loop over rows or words) and run on the device of
@@ -37,6 +41,7 @@ __all__ = [
     "segment_ids",
     "ARTargets",
     "BatchTransform",
+    "MASK_UNITS",
     "MLMMasker",
     "make_batch_transform",
     "mix_seed",
@@ -102,15 +107,22 @@ def _check_tokens(tokens: torch.Tensor, min_len: int) -> torch.Tensor:
     return tokens.long()
 
 
+MASK_UNITS = ("word", "token")
+"""What `MLMMasker` chooses and replaces as a whole: whole words, or single tokens of words."""
+
+
 class MLMMasker:
-    """Whole-word masking batch transform, `masker(tokens, key) -> batch` (see module docstring).
+    """Whole-word (or per-token) masking batch transform, `masker(tokens, key) -> batch` (see
+    module docstring).
 
     Args:
         tokenizer: The byte tokenizer (gives the special ids and the whitespace table).
-        mask_prob: Fraction of words chosen per row.
+        mask_prob: Fraction of units (words, or tokens of words) chosen per row.
         seed: Base seed, mixed with each call's `key`.
-        mask_token_frac: Fraction of chosen words replaced by MASK.
-        random_token_frac: Fraction of chosen words replaced by random byte ids.
+        mask_token_frac: Fraction of chosen units replaced by MASK.
+        random_token_frac: Fraction of chosen units replaced by random byte ids.
+        unit: `"word"` (whole-word masking, the paper's) or `"token"` (each token of a word is
+            chosen on its own: per-byte masking with the byte tokenizer).
 
     Example::
 
@@ -127,7 +139,10 @@ class MLMMasker:
         *,
         mask_token_frac: float = 0.8,
         random_token_frac: float = 0.1,
+        unit: str = "word",
     ) -> None:
+        if unit not in MASK_UNITS:
+            raise ValueError(f"unit must be one of {MASK_UNITS}, got {unit!r}")
         if not 0.0 < mask_prob <= 1.0:
             raise ValueError(f"mask_prob must be in (0, 1], got {mask_prob}")
         if mask_token_frac < 0 or random_token_frac < 0 or mask_token_frac + random_token_frac > 1:
@@ -137,6 +152,7 @@ class MLMMasker:
             )
         self.mask_prob = mask_prob
         self.seed = seed
+        self.unit = unit
         self.mask_token_frac = mask_token_frac
         self.random_token_frac = random_token_frac
         self.mask_id = tokenizer.mask_id
@@ -155,7 +171,7 @@ class MLMMasker:
 
     def __repr__(self) -> str:
         return (
-            f"MLMMasker(mask_prob={self.mask_prob}, seed={self.seed}, "
+            f"MLMMasker(unit={self.unit}, mask_prob={self.mask_prob}, seed={self.seed}, "
             f"mask/random/keep={self.mask_token_frac}/{self.random_token_frac}/"
             f"{1 - self.mask_token_frac - self.random_token_frac:g})"
         )
@@ -177,6 +193,14 @@ class MLMMasker:
         starts[:, 1:] &= ~in_word[:, :-1] | self._word_start[tokens.device][tokens[:, 1:]]
         word_index = torch.where(in_word, starts.cumsum(dim=1) - 1, -1)
         return in_word, word_index
+
+    def find_units(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Finds the masking units: `find_words` for `unit="word"`; for `unit="token"` every
+        token of a word is its own unit, numbered from 0 in each row (-1 outside words)."""
+        in_word, word_index = self.find_words(tokens)
+        if self.unit == "word":
+            return in_word, word_index
+        return in_word, torch.where(in_word, in_word.long().cumsum(dim=1) - 1, -1)
 
     def __call__(self, tokens: torch.Tensor, key: int) -> dict[str, torch.Tensor]:
         """Masks a batch.
@@ -201,7 +225,7 @@ class MLMMasker:
             self.random_low, self.random_high, (batch, length), generator=generator, device=device
         )
 
-        in_word, word_index = self.find_words(tokens)
+        in_word, word_index = self.find_units(tokens)
         num_words = (word_index.max(dim=1).values + 1).clamp(min=0)  # [B]
         slot = torch.arange(length, device=device)
         # Choose exactly k words per row: rank the slots of real words by a random score.
@@ -259,6 +283,7 @@ def make_batch_transform(
     *,
     seed: int = 0,
     mask_prob: float = 0.15,
+    mask_unit: str = "word",
 ) -> BatchTransform:
     """The batch transform of an objective: `MLMMasker` for `"mlm"`, `ARTargets` for `"ar"`.
 
@@ -266,7 +291,8 @@ def make_batch_transform(
         objective: `"mlm"` or `"ar"`.
         tokenizer: Tokenizer for MLM (default `ByteTokenizer()`).
         seed: Masking seed (MLM).
-        mask_prob: Fraction of words masked (MLM).
+        mask_prob: Fraction of words (or tokens, see `mask_unit`) masked (MLM).
+        mask_unit: `"word"` or `"token"` (MLM; see `MLMMasker`).
 
     Returns:
         A callable `transform(tokens, key) -> dict`.
@@ -275,7 +301,9 @@ def make_batch_transform(
         ValueError: For an unknown objective.
     """
     if objective == "mlm":
-        return MLMMasker(tokenizer or ByteTokenizer(), mask_prob=mask_prob, seed=seed)
+        return MLMMasker(
+            tokenizer or ByteTokenizer(), mask_prob=mask_prob, seed=seed, unit=mask_unit
+        )
     if objective == "ar":
         return ARTargets()
     raise ValueError(f"unknown objective {objective!r}; expected 'mlm' or 'ar'")

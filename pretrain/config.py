@@ -54,6 +54,9 @@ class DataConfig:
     shuffle_seed: int = 1234
     num_workers: int = 0
     mask_prob: float = 0.15  # MLM only: fraction of whitespace-delimited words that are masked
+    # MLM only: what is masked as a whole: `word` (whole-word masking, the paper's) or `token`
+    # (each byte/piece of a word on its own; mask_prob is then the fraction of word tokens)
+    mask_unit: str = "word"
     cache_dir: str | None = None  # streaming's local cache; default: <run_dir>/.streaming_cache
     # Node-local cache size limit (e.g. "20gb"): least recently used shards are evicted, so a
     # remote corpus larger than the disk streams through. None keeps every shard read.
@@ -93,6 +96,8 @@ class DataConfig:
             raise ConfigError("data.download_retry must be >= 0 and data.download_timeout > 0")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"data.mask_prob: must be in (0, 1), got {self.mask_prob}")
+        if self.mask_unit not in ("word", "token"):
+            raise ConfigError(f"data.mask_unit: must be 'word' or 'token', got {self.mask_unit!r}")
         if self.num_workers < 0:
             raise ConfigError(f"data.num_workers: must be >= 0, got {self.num_workers}")
 

@@ -131,7 +131,9 @@ class MLMObjective(Objective):
         # every dataset of a mixture was checked to share one tokenizer (check_datasets)
         data_dir = cfg.data.dataset_dirs()[0][1]
         tokenizer = tokenizer_from_manifest(data_dir, read_manifest(data_dir))
-        self.masker = MLMMasker(tokenizer, mask_prob=cfg.data.mask_prob, seed=cfg.trainer.seed)
+        self.masker = MLMMasker(
+            tokenizer, mask_prob=cfg.data.mask_prob, seed=cfg.trainer.seed, unit=cfg.data.mask_unit
+        )
 
     def transform(self, raw, key):
         return self.masker(raw["tokens"], key)

@@ -166,3 +166,38 @@ def test_packed_documents_feed_the_masker():
     out = MLMMasker(TOK, mask_prob=0.5)(batch, key=0)
     chosen = out["labels"][0] != IGNORE_INDEX
     assert int(chosen.sum()) > 0 and not chosen[batch[0] == TOK.eos_id].any()
+
+
+def test_token_unit_masks_single_bytes_of_words(text_batch):
+    masker = MLMMasker(TOK, mask_prob=0.15, seed=2, unit="token")
+    out = masker(text_batch, key=4)
+    chosen = out["labels"] != IGNORE_INDEX
+    in_word, _ = masker.find_words(text_batch)
+    assert not chosen[~in_word].any()  # whitespace, EOS and PAD are never labelled
+    assert torch.equal(out["labels"][chosen], text_batch[chosen])
+    # exactly round(0.15 * word bytes) bytes per row, chosen one by one: most chosen bytes have
+    # an unmasked byte of their own word beside them (whole-word masking never does)
+    assert chosen.sum(1).tolist() == torch.round(0.15 * in_word.sum(1)).long().tolist()
+    left_visible = torch.zeros_like(chosen)
+    left_visible[:, 1:] = in_word[:, :-1] & ~chosen[:, :-1]
+    assert (left_visible & chosen).sum() / chosen[:, 1:].sum() > 0.5
+    whole = MLMMasker(TOK, mask_prob=0.15, seed=2)(text_batch, key=4)
+    whole_chosen = whole["labels"] != IGNORE_INDEX
+    neighbours = torch.zeros_like(whole_chosen)
+    neighbours[:, 1:] = in_word[:, :-1] & ~whole_chosen[:, :-1] & in_word[:, 1:]
+    assert not (neighbours & whole_chosen).any()
+    # replaced per byte: 80% MASK, 10% random, 10% kept
+    is_mask = out["input_ids"][chosen] == TOK.mask_id
+    assert abs(is_mask.float().mean() - 0.8) < 0.03
+    # deterministic per (seed, key), different for another key
+    again = MLMMasker(TOK, mask_prob=0.15, seed=2, unit="token")(text_batch, key=4)
+    assert all(torch.equal(out[k], again[k]) for k in out)
+    assert not torch.equal(out["labels"], masker(text_batch, key=5)["labels"])
+    assert "unit=token" in repr(masker)
+
+
+def test_mask_unit_is_validated_and_passed_on():
+    with pytest.raises(ValueError, match="unit"):
+        MLMMasker(TOK, unit="span")
+    assert make_batch_transform("mlm", mask_unit="token").unit == "token"
+    assert make_batch_transform("mlm").unit == "word"

@@ -57,6 +57,7 @@ def test_overrides_are_typed_and_nested():
         ("trainer.max_steps=three", "trainer.max_steps"),
         ("trainer.precision=fp8", "trainer.precision"),
         ("trainer.zero_stage=4", "trainer.zero_stage"),
+        ("data.mask_unit=span", "data.mask_unit"),
         ("optimizer.betas=[0.9]", "optimizer.betas"),
         ("model.num_latentz=3", "model.num_latentz"),
         ("model.type=gpt", "model.type"),
