@@ -231,9 +231,9 @@ def _split_info(data_dir: str, split: str) -> dict[str, Any]:
     if info["samples"] == 0 and manifest.get("kind") == "video":
         fraction = "larger" if split == "val" else "smaller"
         raise EmptySplitError(
-            f"{data_dir / split} has no clips (manifest: {manifest['clips']['kept']} clips kept "
-            f"in all); use more videos or a {fraction} --val-fraction in `perceiver data "
-            "prepare-video`"
+            f"{join(data_dir, split)} has no clips (manifest: "
+            f"{manifest['clips']['kept']} clips kept in all); use more videos or a {fraction} "
+            "--val-fraction in `perceiver data prepare-video`"
         )
     if info["samples"] == 0:
         raise EmptySplitError(
