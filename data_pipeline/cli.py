@@ -26,18 +26,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.corpus import DEFAULT_MAX_DOC_BYTES, SOURCES, CorpusError
-from data_pipeline.packing import OBJECTIVES, SPLITS
-from data_pipeline.remote import check_location, is_url, local_mirror
-from data_pipeline.shards import (
+from data_pipeline.shards.manifest import (
     DEFAULT_SIZE_LIMIT,
     iter_samples,
     prepare_corpus,
     prepare_demo_corpus,
     read_manifest,
 )
-from data_pipeline.tokenizers import available_tokenizers, tokenizer_from_manifest
-from data_pipeline.video_cli import add_prepare_video_subcommand
+from data_pipeline.shards.packing import OBJECTIVES, SPLITS
+from data_pipeline.shards.remote import check_location, is_url, local_mirror
+from data_pipeline.sources.corpus import DEFAULT_MAX_DOC_BYTES, SOURCES, CorpusError
+from data_pipeline.tokenization.tokenizer import available_tokenizers, tokenizer_from_manifest
+from data_pipeline.video.cli import add_prepare_video_subcommand
 
 __all__ = [
     "add_data_subcommands",
@@ -273,8 +273,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_train_spm(args: argparse.Namespace) -> int:
     """Runs `perceiver data train-spm` with parsed arguments; returns the exit code."""
-    from data_pipeline.sources import SourceOptions
-    from data_pipeline.spm import train_spm
+    from data_pipeline.sources.kinds import SourceOptions
+    from data_pipeline.tokenization.spm_train import train_spm
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -389,7 +389,7 @@ def inspect_video_shards(
         manifest: Its manifest.
         num_samples: Number of leading train clips described (source file, clip, label).
     """
-    from data_pipeline.video_shards import iter_video_samples
+    from data_pipeline.video.shards import iter_video_samples
 
     splits: dict[str, Any] = {}
     consistent = True

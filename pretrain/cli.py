@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from pretrain.config import Config, ConfigError, check_inputs, load_config
-from pretrain.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopSignal
+from pretrain.train.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopSignal
 
 
 def _describe(cfg: Config, world_size: int) -> str:
@@ -22,8 +22,8 @@ def _describe(cfg: Config, world_size: int) -> str:
     import torch
     import yaml
 
-    from pretrain.ds_config import build_ds_config
     from pretrain.models import build_model
+    from pretrain.train.ds_config import build_ds_config
 
     model_cfg = cfg.model_config()
     with torch.device("meta"):
@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # and acted on at the first step boundary (the launcher only forwards them).
     rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
     stopper = None if spawn else StopSignal(announce=rank == "0")
-    from pretrain import distributed as dist_utils
+    from pretrain.train import distributed as dist_utils
 
     if spawn:
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ and "SLURM_PROCID" not in os.environ:
@@ -73,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             argv += ["--stop-at-step", str(args.stop_at_step)]
         return dist_utils.spawn_local(argv, args.nproc_per_node)
 
-    from pretrain.trainer import train
+    from pretrain.train.trainer import train
 
     try:
         result = train(cfg, stop_at_step=args.stop_at_step, stopper=stopper)
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     from pretrain.glue.cli import add_glue_subcommands  # export, import-hf, glue
 
     add_glue_subcommands(sub)
-    from pretrain.inference_cli import add_inference_subcommands  # generate, fill-mask, eval
+    from pretrain.inference.cli import add_inference_subcommands  # generate, fill-mask, eval
 
     add_inference_subcommands(sub)
     return parser

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from data_pipeline.remote import check_location, is_url, under
+from data_pipeline.shards.remote import check_location, is_url, under
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
 
@@ -33,7 +33,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataSourceConfig:
-    """One dataset of a training mixture (see data_pipeline.mixtures)."""
+    """One dataset of a training mixture (see data_pipeline.loading.mixtures)."""
 
     name: str = ""  # e.g. c4, wikipedia (unique; used in messages and metrics)
     dir: str = ""  # a shard directory or URL; a relative path is taken under data.dir
@@ -168,7 +168,7 @@ class TrainerConfig:
     # steps with a non-finite loss skip their optimizer step; one more in a row stops the run
     nonfinite_skip_limit: int = 0
     compile: bool = False  # torch.compile the model (DeepSpeed's engine.compile)
-    profile: str | None = None  # "FIRST-LAST": trace those steps (pretrain.profiling)
+    profile: str | None = None  # "FIRST-LAST": trace those steps (pretrain.train.profiling)
 
     def validate(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "log_every"):
@@ -185,7 +185,7 @@ class TrainerConfig:
                 f"trainer.nonfinite_skip_limit: must be >= 0, got {self.nonfinite_skip_limit}"
             )
         if self.profile is not None:
-            from pretrain.profiling import parse_step_range
+            from pretrain.train.profiling import parse_step_range
 
             try:
                 parse_step_range(str(self.profile))
@@ -308,8 +308,8 @@ class Config:
 
     @property
     def objective(self) -> str:
-        """The objective that trains this model (see ``pretrain.objectives``)."""
-        from pretrain.objectives import objective_for_model
+        """The objective that trains this model (see ``pretrain.objectives.text``)."""
+        from pretrain.objectives.text import objective_for_model
 
         return objective_for_model(self.model_type)
 
@@ -589,8 +589,8 @@ def check_inputs(cfg: Config) -> None:
     Raises:
         ConfigError: naming the key whose path is missing or does not fit.
     """
-    from pretrain import checkpoint as ckpt
-    from pretrain.objectives import check_data
+    from pretrain.objectives.text import check_data
+    from pretrain.train import checkpoint as ckpt
 
     check_data(cfg)
     try:

@@ -76,7 +76,7 @@ FILL_MASK_TEXT = "Return True if the [MASK:6] is empty."
 def model_samples(summaries: dict[str, dict], seed: int = 0) -> list[str]:
     """A continuation from the AR run and a filled mask from the MLM run (greedy, so the lines
     are reproducible), as report lines with the commands that make them."""
-    from pretrain.inference import fill_mask, generate_text, load_for_inference
+    from pretrain.inference.api import fill_mask, generate_text, load_for_inference
 
     lines = []
     if "ar" in summaries:

@@ -7,7 +7,7 @@ process:
 * ZeRO 1/2/3: DeepSpeed's ``zero_to_fp32`` joins the fp32 partitions of every rank.
 * ZeRO 0: the module weights in ``mp_rank_00_model_states.pt``; when DeepSpeed's bf16 optimizer
   kept fp32 master weights beside bf16 module weights, the fp32 masters (matched to names by the
-  parameter-group rule of ``pretrain.optim.param_groups`` and checked by shape).
+  parameter-group rule of ``pretrain.train.optim.param_groups`` and checked by shape).
 
 Native export directory (what fine-tuning and ``checkpoint.init_from`` read)::
 
@@ -43,7 +43,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from pretrain import checkpoint as ckpt
+from pretrain.train import checkpoint as ckpt
 
 NATIVE_FORMAT = "perceiver-pretrain"
 FORMAT_VERSION = 1
@@ -120,7 +120,7 @@ def find_checkpoint(path: str | Path) -> Path:
 def _stage0_fp32_master(states: dict[str, Any], module: dict[str, Tensor]) -> dict[str, Tensor]:
     """fp32 master weights of DeepSpeed's ZeRO-0 bf16/fp16 optimizer, by parameter name.
 
-    The optimizer holds them per parameter group as in ``pretrain.optim.param_groups``: weight
+    The optimizer holds them per parameter group as in ``pretrain.train.optim.param_groups``: weight
     matrices (decayed) first, then vectors and biases, each in ``named_parameters`` order.
     """
     groups = (states.get("optimizer") or {}).get("fp32_groups")
@@ -173,9 +173,9 @@ def consolidate(checkpoint: str | Path) -> dict[str, Tensor]:
 def run_tokenizer(run_config: dict[str, Any]) -> dict[str, Any]:
     """The tokenizer a run trained with, from its data's manifest (SentencePiece model path made
     absolute); the byte tokenizer when the data is gone and the vocabulary is the byte one's."""
-    from data_pipeline.remote import fetch, under
-    from data_pipeline.shards import read_manifest
-    from data_pipeline.tokenizers import SPM_MODEL_NAME, ByteTokenizer
+    from data_pipeline.shards.manifest import read_manifest
+    from data_pipeline.shards.remote import fetch, under
+    from data_pipeline.tokenization.tokenizer import SPM_MODEL_NAME, ByteTokenizer
 
     data = run_config.get("data") or {}
     root = data.get("dir") or ""
@@ -217,7 +217,7 @@ def read_checkpoint(path: str | Path, tokenizer: str | None = None) -> Pretraine
 
 def tokenizer_description(name: str) -> dict[str, Any]:
     """``byte`` or ``spm:PATH`` -> a description as in shard manifests (absolute model path)."""
-    from data_pipeline.tokenizers import get_tokenizer
+    from data_pipeline.tokenization.tokenizer import get_tokenizer
 
     tok = get_tokenizer(name)
     info = dict(tok.config()) if hasattr(tok, "config") else {"name": tok.name}
@@ -256,7 +256,7 @@ def read_hf(directory: str | Path) -> Pretrained:
     """A ``transformers`` ``PerceiverForMaskedLM`` directory -> :class:`Pretrained`."""
     from transformers import PerceiverForMaskedLM
 
-    from data_pipeline.tokenizers import ByteTokenizer
+    from data_pipeline.tokenization.tokenizer import ByteTokenizer
     from pretrain.models.hf_interop import config_from_hf, from_hf_state_dict
 
     directory = Path(directory)

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pretrain.distributed import expand_nodelist
+from pretrain.train.distributed import expand_nodelist
 
 
 class SubmitError(ValueError):

@@ -9,8 +9,8 @@ The generated batch script runs ``srun`` with one task per GPU (or per CPU rank)
 Preemption, the choice made here (docs/slurm.md has the whole story):
 
 * The job asks for ``--signal=USR2@<delay>`` (submitit's warning signal) and ``--requeue``.
-* ``pretrain.signals.StopSignal`` owns SIGINT/SIGTERM/SIGUSR1/SIGUSR2 on every rank from the first
-  line of :meth:`TrainJob.__call__`, before the slow start-up (process group, model, engine,
+* ``pretrain.train.signals.StopSignal`` owns SIGINT/SIGTERM/SIGUSR1/SIGUSR2 on every rank from the
+  first line of :meth:`TrainJob.__call__`, before the slow start-up (process group, model, engine,
   loaders): a signal only sets a flag, which the ranks all-reduce at every step boundary from the
   first step on; when set they write one collective checkpoint and ``train`` returns
   ``preempted``. A signal during start-up is therefore acted on after the first step, not lost.
@@ -71,17 +71,17 @@ def setup_task_env() -> Any:
 
     ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` (the first node
     of the allocation) and ``MASTER_PORT`` (derived from the job id, as in
-    ``pretrain.distributed.slurm_port``) come from submitit's ``TorchDistributedEnvironment``;
+    ``pretrain.train.distributed.slurm_port``) come from submitit's ``TorchDistributedEnvironment``;
     ``CUDA_VISIBLE_DEVICES`` is left alone so that DeepSpeed and the trainer pick
     ``cuda:LOCAL_RANK`` among all GPUs of the node. Streaming reads the same variables when the
     datasets are built (after this).
 
     Returns:
-        The ``pretrain.distributed.DistEnv`` the trainer will see.
+        The ``pretrain.train.distributed.DistEnv`` the trainer will see.
     """
     from submitit.helpers import TorchDistributedEnvironment
 
-    from pretrain.distributed import detect_env, slurm_port
+    from pretrain.train.distributed import detect_env, slurm_port
 
     os.environ["MASTER_PORT"] = str(slurm_port(os.environ.get("SLURM_JOB_ID", "0")))
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
@@ -115,7 +115,7 @@ class TrainJob:
 
     def __call__(self) -> dict[str, Any]:
         """Set up the distributed environment, train (or resume), write the summary on rank 0."""
-        from pretrain.signals import StopSignal
+        from pretrain.train.signals import StopSignal
 
         # Replaces submitit's handlers for good: a signal from here on, start-up included, is
         # agreed on at a step boundary; one after training has nothing left to save.
@@ -126,8 +126,8 @@ class TrainJob:
             # After a requeue the run continues from its own newest checkpoint, whatever the
             # first start resumed from (a fine-tuning source, or none).
             cfg.checkpoint.resume = "auto"
-        from pretrain import distributed as dist_utils
-        from pretrain.trainer import train
+        from pretrain.train import distributed as dist_utils
+        from pretrain.train.trainer import train
 
         try:
             result = train(cfg, stopper=stopper)

@@ -150,7 +150,7 @@ def read_run_settings(run_dir: str | Path) -> RunSettings:
 
 def latest_checkpoint_step(checkpoint_dir: str | Path) -> int | None:
     """Step of the newest complete checkpoint, or None."""
-    from pretrain.checkpoint import list_complete
+    from pretrain.train.checkpoint import list_complete
 
     done = list_complete(checkpoint_dir)
     return done[-1][0] if done else None

@@ -101,7 +101,7 @@ def gather_status(run_dir: str | Path) -> RunStatus:
             st.job_state = _sacct_state(st.job_id)
     settings = lifecycle.read_run_settings(run_dir)
     st.max_steps = settings.max_steps
-    from pretrain.checkpoint import list_complete, rejected, verify
+    from pretrain.train.checkpoint import list_complete, rejected, verify
 
     for step, path in reversed(list_complete(settings.checkpoint_dir)):
         problems = verify(path, checksums=False)  # sizes only: status reads no checkpoint

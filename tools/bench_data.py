@@ -43,8 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
-from data_pipeline.corpus import Document, iter_stdlib_docstrings  # noqa: E402
-from data_pipeline.prepare import prepare  # noqa: E402
+from data_pipeline.shards.prepare import prepare  # noqa: E402
+from data_pipeline.sources.corpus import Document, iter_stdlib_docstrings  # noqa: E402
 
 
 def _cpu() -> float:
@@ -211,9 +211,9 @@ def split_c4(path: Path, parts: int, work: Path) -> list[Path]:
 def bench_loader(
     data_dir: Path | str, seconds: float, mask: bool, cache_root: Path | None = None
 ) -> float:
-    from data_pipeline.collators import MLMMasker
-    from data_pipeline.streaming import build_dataloader, ensure_distributed_env
-    from data_pipeline.tokenizers import ByteTokenizer
+    from data_pipeline.loading.collators import MLMMasker
+    from data_pipeline.loading.dataset import build_dataloader, ensure_distributed_env
+    from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
     ensure_distributed_env(clean_shared_memory=False)
     loader = build_dataloader(data_dir, "train", 8, shuffle=True, seed=0, cache_root=cache_root)
@@ -243,7 +243,7 @@ def bench_s3_loader(data_dir: Path, seconds: float, work: Path) -> float | None:
 
     import boto3
 
-    from data_pipeline.remote import publish
+    from data_pipeline.shards.remote import publish
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     with socket.socket() as sock:

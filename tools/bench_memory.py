@@ -1,8 +1,8 @@
 """Memory per rank under DeepSpeed ZeRO 0/1/2/3, with 1 and 2 ranks, same model, same run.
 
 Each case starts its ranks (gloo, CPU), builds the model the way the trainer does
-(`pretrain.parallelize.build_for_training`: partitioned while it is built under ZeRO-3), wraps
-it in the trainer's DeepSpeed engine (`pretrain.trainer._build_engine`), runs two AdamW steps
+(`pretrain.train.parallelize.build_for_training`: partitioned while it is built under ZeRO-3), wraps
+it in the trainer's DeepSpeed engine (`pretrain.train.trainer._build_engine`), runs two AdamW steps
 and reports, per rank (the largest over the ranks):
 
 * model-state memory: the bytes of every tensor alive in the process (parameters, gradients,
@@ -76,9 +76,9 @@ def measure_rank(rank: int, world: int, stage: int, model: dict, batch: int, out
     import torch.nn.functional as F
 
     from pretrain.config import config_from_dict
-    from pretrain.ds_config import build_ds_config
-    from pretrain.parallelize import build_for_training, num_parameters
-    from pretrain.trainer import _build_engine
+    from pretrain.train.ds_config import build_ds_config
+    from pretrain.train.parallelize import build_for_training, num_parameters
+    from pretrain.train.trainer import _build_engine
 
     deepspeed.init_distributed("gloo")
     cfg = config_from_dict(
@@ -123,7 +123,7 @@ def _worker(rank, world, port, stage, model, batch, out):
 def run_case(stage: int, world: int, model: dict, batch: int) -> dict:
     import torch.multiprocessing as mp
 
-    from pretrain.distributed import free_port
+    from pretrain.train.distributed import free_port
 
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(

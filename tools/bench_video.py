@@ -74,8 +74,8 @@ def bench_decode(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
     """Builds the same shards with 1 and N workers; clips/s overall and per worker."""
     import streaming  # noqa: F401  (slow to import: not part of the timed builds)
 
-    from data_pipeline.video import ClipSpec
-    from data_pipeline.video_shards import prepare_videos
+    from data_pipeline.video.decode import ClipSpec
+    from data_pipeline.video.shards import prepare_videos
 
     src = tmp / "videos"
     if SHARED_CLIPS.is_dir() and any(SHARED_CLIPS.iterdir()) and not args.synthetic:
@@ -119,7 +119,7 @@ def bench_decode(args: argparse.Namespace, tmp: Path) -> list[dict[str, Any]]:
 
 def _collate_rate(data_dir: Path, batch: int = 8) -> float:
     """Clips/s of `stack_video` (JPEG decoding for JPEG shards) in one process."""
-    from data_pipeline.video_shards import iter_video_samples, stack_video
+    from data_pipeline.video.shards import iter_video_samples, stack_video
 
     samples = list(iter_video_samples(data_dir, "train"))
     t0 = time.perf_counter()
@@ -140,7 +140,7 @@ def bench_train(name: str, batch: int, args: argparse.Namespace) -> dict[str, An
 
     from pretrain.config import load_config
     from pretrain.models import build_model
-    from pretrain.objectives import build_objective
+    from pretrain.objectives.text import build_objective
 
     device = torch.device(args.device)
     cfg = load_config(REPO / "configs" / CONFIGS[name], ["data.dir=unused"])
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    logging.getLogger("data_pipeline.video_shards").setLevel(logging.ERROR)  # "no val clip"
+    logging.getLogger("data_pipeline.video.shards").setLevel(logging.ERROR)  # "no val clip"
     skip = set(filter(None, args.skip.split(",")))
     results: dict[str, Any] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

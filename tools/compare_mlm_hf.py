@@ -2,8 +2,9 @@
 
 Both models start from the same weights (ours built and `init_weights()`-ed, copied into HF with
 `pretrain.models.hf_interop`), see the same batches with the same whole-word MLM masks
-(`data_pipeline.collators.MLMMasker`, keyed by the step as in the trainer), and train with the
-trainer's optimizer: AdamW over `pretrain.optim.param_groups` (AdamW is elementwise, so our fused
+(`data_pipeline.loading.collators.MLMMasker`, keyed by the step as in the trainer), and train with
+the trainer's optimizer: AdamW over
+`pretrain.train.optim.param_groups` (AdamW is elementwise, so our fused
 q/k/v projections and HF's separate ones get identical updates), the demo's warmup + cosine
 schedule, gradient clipping at 1.0, fp32. Both losses go through the MLM objective's path
 (`gather_label_positions` + `_sum_ce`): ours decodes only the masked positions, HF decodes all
@@ -49,15 +50,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_pipeline.collators import MLMMasker  # noqa: E402
-from data_pipeline.shards import check_manifest, iter_samples, prepare_demo_corpus  # noqa: E402
-from data_pipeline.tokenizers import tokenizer_from_manifest  # noqa: E402
+from data_pipeline.loading.collators import MLMMasker  # noqa: E402
+from data_pipeline.shards.manifest import check_manifest, iter_samples, prepare_demo_corpus  # noqa: E402
+from data_pipeline.tokenization.tokenizer import tokenizer_from_manifest  # noqa: E402
 from pretrain.config import CONFIG_ROOT, Config, load_config  # noqa: E402
 from pretrain.models.hf_interop import hf_config, to_hf_state_dict  # noqa: E402
 from pretrain.models.perceiver_io import PerceiverMLM  # noqa: E402
-from pretrain.objectives import IGNORE, _sum_ce, gather_label_positions  # noqa: E402
-from pretrain.optim import build_optimizer, build_scheduler  # noqa: E402
-from pretrain.trainer import VAL_KEY_OFFSET  # noqa: E402
+from pretrain.objectives.text import IGNORE, _sum_ce, gather_label_positions  # noqa: E402
+from pretrain.train.optim import build_optimizer, build_scheduler  # noqa: E402
+from pretrain.train.trainer import VAL_KEY_OFFSET  # noqa: E402
 
 Batch = dict[str, torch.Tensor]
 LogitsFn = Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor]

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.clips.is_dir():
         raise SystemExit(f"demo-video: {args.clips} not found (pass --clips DIR of video files)")
 
-    from data_pipeline.video import ClipSpec
-    from data_pipeline.video_shards import prepare_videos
+    from data_pipeline.video.decode import ClipSpec
+    from data_pipeline.video.shards import prepare_videos
 
     csv = link_clips(args.clips, args.out / "video_in")
     data_dir = args.out / "data" / "video_tiny"

@@ -42,9 +42,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
-from pretrain.metrics import detect_peak_flops  # noqa: E402
 from pretrain.models import build_model  # noqa: E402
-from pretrain.parallelize import apply_activation_checkpointing  # noqa: E402
+from pretrain.train.metrics import detect_peak_flops  # noqa: E402
+from pretrain.train.parallelize import apply_activation_checkpointing  # noqa: E402
 
 MASK_ID, VOCAB_LOW = 3, 6
 PRESETS = {  # (paper-sized on a GPU, tiny on the CPU)
@@ -242,7 +242,7 @@ def init_single_process_group(device: torch.device) -> None:
 
     if torch.distributed.is_initialized():
         return
-    from pretrain.distributed import free_port
+    from pretrain.train.distributed import free_port
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -253,7 +253,7 @@ def init_single_process_group(device: torch.device) -> None:
 def check_zero(device, tiny, stage: int, bf16: bool) -> Check:
     """Three steps of the MLM through the trainer's own DeepSpeed engine builder."""
     from pretrain.config import config_from_dict
-    from pretrain.trainer import _build_engine
+    from pretrain.train.trainer import _build_engine
 
     init_single_process_group(device)
     cfg = config_from_dict(

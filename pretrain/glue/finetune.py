@@ -6,7 +6,7 @@ planned as ordinary training configs (:func:`plan_task`): model ``perceiver_io_c
 the pretrained encoder's fields and the task's number of classes, ``data.dir = <glue_dir>/<TASK>``,
 ``checkpoint.init_from`` the pretrained weights, ``glue.tokenizer`` what pretraining used, and
 ``trainer.max_steps = epochs * (train examples // batch)`` (the dev set is evaluated in the loop
-once per epoch). Each run trains with ``pretrain.trainer.train`` (ZeRO, bf16, checkpoints and
+once per epoch). Each run trains with ``pretrain.train.trainer.train`` (ZeRO, bf16, checkpoints and
 TensorBoard as in pretraining), in this process (``--nproc-per-node 1``), in N local processes, or
 as a Slurm job array per batch size (``--slurm``). Run directories::
 
@@ -189,7 +189,7 @@ def plan_task(
 
 def is_finished(cfg: Config) -> bool:
     """Whether the run has its final checkpoint."""
-    from pretrain import checkpoint as ckpt
+    from pretrain.train import checkpoint as ckpt
 
     done = ckpt.list_complete(cfg.checkpoint_dir())
     return bool(done) and done[-1][0] >= cfg.trainer.max_steps
@@ -198,13 +198,13 @@ def is_finished(cfg: Config) -> bool:
 def train_run(run: GlueRun, nproc: int = 1) -> None:
     """Trains one grid point (unless finished): in this process, or ``nproc`` local ranks."""
     from pretrain.config import save_config
-    from pretrain.objectives import check_data
+    from pretrain.objectives.text import check_data
 
     if is_finished(run.cfg):
         return
     check_data(run.cfg)
     if nproc > 1:
-        from pretrain.distributed import spawn_local
+        from pretrain.train.distributed import spawn_local
 
         path = run.run_dir / "train.yaml"
         save_config(run.cfg, path)
@@ -212,7 +212,7 @@ def train_run(run: GlueRun, nproc: int = 1) -> None:
         if code:
             raise RuntimeError(f"fine-tuning {run.run_dir} failed with exit code {code}")
         return
-    from pretrain.trainer import train
+    from pretrain.train.trainer import train
 
     train(run.cfg)
 

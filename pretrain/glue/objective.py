@@ -1,6 +1,6 @@
 """The ``classification`` objective: GLUE fine-tuning of ``perceiver_io_classifier`` models.
 
-What the trainer sees (``pretrain.objectives.Objective``):
+What the trainer sees (``pretrain.objectives.text.Objective``):
 
 * ``build_loader(cfg, split, shuffle)``: the GLUE files of ``data.dir`` (``<glue_dir>/<TASK>``),
   encoded with ``glue.tokenizer``, as a resumable :class:`~pretrain.glue.data.TrainLoader` for
@@ -34,7 +34,7 @@ from pretrain.glue.tasks import (
     load_tokenizer,
     read_split,
 )
-from pretrain.objectives import Objective, register_objective
+from pretrain.objectives.text import Objective, register_objective
 
 
 def subsample_rows(n: int, limit: int, seed: int) -> np.ndarray | None:

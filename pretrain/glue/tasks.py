@@ -407,7 +407,7 @@ def encode_examples(
 
 def load_tokenizer(name: str) -> Any:
     """``byte`` or ``spm:PATH`` -> a tokenizer with ``cls_id``/``sep_id`` (data_pipeline's)."""
-    from data_pipeline.tokenizers import get_tokenizer
+    from data_pipeline.tokenization.tokenizer import get_tokenizer
 
     tokenizer = get_tokenizer(name)
     for attr in ("cls_id", "sep_id", "pad_id"):

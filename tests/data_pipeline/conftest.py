@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.corpus import Document
-from data_pipeline.packing import assign_split
-from data_pipeline.tokenizers import ByteTokenizer
+from data_pipeline.shards.packing import assign_split
+from data_pipeline.sources.corpus import Document
+from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -18,7 +18,7 @@ def _never_clean_shared_memory():
     memory of the whole machine is unlinked; here it must not be (another test process may be
     streaming). The rank variables it sets are reset around every test (tests/conftest.py), and
     every loader builder sets them again."""
-    from data_pipeline.streaming import ensure_distributed_env
+    from data_pipeline.loading.dataset import ensure_distributed_env
 
     ensure_distributed_env(clean_shared_memory=False)
 
@@ -56,7 +56,7 @@ class NumberedCorpus:
 @pytest.fixture(scope="session")
 def numbered(tmp_path_factory: pytest.TempPathFactory) -> NumberedCorpus:
     """Shards of the numbered corpus: 64 train samples over several small shards, ~20 val."""
-    from data_pipeline.shards import write_shards
+    from data_pipeline.shards.manifest import write_shards
 
     corpus = NumberedCorpus(root=tmp_path_factory.mktemp("numbered") / "shards")
     documents = corpus.documents()
@@ -77,7 +77,7 @@ def numbered(tmp_path_factory: pytest.TempPathFactory) -> NumberedCorpus:
 @pytest.fixture(scope="session")
 def demo_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Demo-corpus (stdlib docstrings) MLM shards, seq_len 64, about 60 kB of text."""
-    from data_pipeline.shards import prepare_demo_corpus
+    from data_pipeline.shards.manifest import prepare_demo_corpus
 
     out = tmp_path_factory.mktemp("demo") / "shards"
     prepare_demo_corpus(out, seq_len=64, objective="mlm", max_bytes=60_000, val_fraction=0.3)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_pipeline.collators import (
+from data_pipeline.loading.collators import (
     IGNORE_INDEX,
     ARTargets,
     MLMMasker,
@@ -12,9 +12,9 @@ from data_pipeline.collators import (
     mix_seed,
     stack_tokens,
 )
-from data_pipeline.corpus import Document, iter_stdlib_docstrings
-from data_pipeline.packing import pack_documents
-from data_pipeline.tokenizers import ByteTokenizer
+from data_pipeline.shards.packing import pack_documents
+from data_pipeline.sources.corpus import Document, iter_stdlib_docstrings
+from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from data_pipeline.corpus import (
+from data_pipeline.sources.corpus import (
     CorpusError,
     Document,
     Rejected,

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from data_pipeline.cli import add_data_subcommands, inspect_shards, main, run_inspect, run_prepare
-from data_pipeline.shards import read_manifest
+from data_pipeline.shards.manifest import read_manifest
 
 
 def test_subcommands_register_funcs():
@@ -234,8 +234,8 @@ def test_inspect_names_an_empty_split(tmp_path, capsys):
 
 
 def test_inspect_video_shards(tmp_path, capsys):
-    from data_pipeline.video import ClipSpec
-    from data_pipeline.video_shards import prepare_videos
+    from data_pipeline.video.decode import ClipSpec
+    from data_pipeline.video.shards import prepare_videos
     from tests.data_pipeline.test_video import write_clip
 
     for cls, seed in (("archery", 0), ("zumba", 50)):

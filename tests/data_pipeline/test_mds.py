@@ -7,7 +7,7 @@ import pytest
 from streaming import MDSWriter
 from streaming.base.compression import decompress
 
-from data_pipeline.mds import TokenShardWriter, merge_split_index, token_dtype
+from data_pipeline.shards.mds import TokenShardWriter, merge_split_index, token_dtype
 
 
 @pytest.mark.parametrize("dtype, length", [(np.uint8, 16), (np.uint16, 300), (np.uint32, 5)])
@@ -48,7 +48,7 @@ def test_zstd_levels_decompress_with_streaming(tmp_path):
 
 
 def test_merge_and_read_back(tmp_path):
-    from data_pipeline.shards import iter_samples
+    from data_pipeline.shards.manifest import iter_samples
 
     split = tmp_path / "data" / "train"
     parts = ["00000", "00001", "00002"]

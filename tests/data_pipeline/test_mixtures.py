@@ -5,17 +5,17 @@ from collections import Counter
 
 import pytest
 
-from data_pipeline.corpus import Document
-from data_pipeline.mixtures import (
+from data_pipeline.loading.dataset import EmptySplitError, ensure_distributed_env
+from data_pipeline.loading.mixtures import (
     InterleavedLoader,
     MixtureSource,
     build_mixture_dataloader,
     build_val_loader,
     check_datasets,
 )
-from data_pipeline.shards import write_shards
-from data_pipeline.streaming import EmptySplitError, ensure_distributed_env
-from data_pipeline.tokenizers import ByteTokenizer
+from data_pipeline.shards.manifest import write_shards
+from data_pipeline.sources.corpus import Document
+from data_pipeline.tokenization.tokenizer import ByteTokenizer
 from tests.conftest import run_distributed
 
 TOK = ByteTokenizer()

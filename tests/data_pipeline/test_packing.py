@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from data_pipeline.corpus import Document, Rejected
-from data_pipeline.packing import (
+from data_pipeline.shards.packing import (
     PackStats,
     SequencePacker,
     assign_split,
@@ -12,7 +11,8 @@ from data_pipeline.packing import (
     pack_documents,
     sample_len_for,
 )
-from data_pipeline.tokenizers import ByteTokenizer
+from data_pipeline.sources.corpus import Document, Rejected
+from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
 
 def test_sample_len_for():

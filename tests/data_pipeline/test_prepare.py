@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data_pipeline.convert as convert
-from data_pipeline.corpus import Document
-from data_pipeline.inputs import CorpusError
-from data_pipeline.packing import StrictError, assign_split
-from data_pipeline.prepare import prepare
-from data_pipeline.shards import iter_samples, read_manifest
-from data_pipeline.sources import read_input
-from data_pipeline.tokenizers import ByteTokenizer
+import data_pipeline.shards.convert as convert
+from data_pipeline.shards.manifest import iter_samples, read_manifest
+from data_pipeline.shards.packing import StrictError, assign_split
+from data_pipeline.shards.prepare import prepare
+from data_pipeline.sources.corpus import Document
+from data_pipeline.sources.inputs import CorpusError
+from data_pipeline.sources.kinds import read_input
+from data_pipeline.tokenization.tokenizer import ByteTokenizer
 from tests.conftest import REPO, clean_env, skip_unless_ci
 from tests.data_pipeline.corpora import c4_documents, write_c4, write_dump
 
@@ -110,7 +110,7 @@ def test_same_output_for_one_and_two_workers(c4_dir, tmp_path):
 
 
 def _chunks(n):
-    from data_pipeline.sources import SourceOptions
+    from data_pipeline.sources.kinds import SourceOptions
 
     return SourceOptions(chunk_bytes=n)
 
@@ -236,7 +236,7 @@ def test_bad_input_is_counted_and_the_rest_converted(tmp_path):
 
 
 def _max_doc(n):
-    from data_pipeline.sources import SourceOptions
+    from data_pipeline.sources.kinds import SourceOptions
 
     return SourceOptions(max_doc_bytes=n)
 
@@ -268,7 +268,7 @@ def test_cut_dump_keeps_every_complete_article(shared_data, tmp_path):
     released before the cut and counts one truncated page and one cut (workers, chunks)."""
     import bz2
 
-    from data_pipeline.sources import SourceOptions
+    from data_pipeline.sources.kinds import SourceOptions
     from tests.data_pipeline.corpora import compress_in_blocks, decoded_by_prefix
 
     xml = bz2.decompress(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.cli import inspect_shards, main
-from data_pipeline.shards import read_manifest
+from data_pipeline.shards.manifest import read_manifest
 from tests.conftest import S3Server
 
 
@@ -73,7 +73,7 @@ def test_inspect_a_url_equals_inspect_of_the_local_copy(s3_demo, local_demo, cap
 
 
 def test_streaming_from_s3_yields_the_batches_of_the_local_directory(s3_demo, local_demo, tmp_path):
-    from data_pipeline.streaming import build_dataloader
+    from data_pipeline.loading.dataset import build_dataloader
 
     def batches(data_dir, cache):
         loader = build_dataloader(data_dir, "train", 4, seed=3, cache_root=cache, cache_limit="1mb")
@@ -104,7 +104,11 @@ def test_mixture_of_an_s3_and_a_local_dataset_resumes_exactly(
 ):
     """Mixed remote + local sources give the batches of the same mixture read locally, and a
     loader resumed from a mid-epoch state continues with exactly the remaining batches."""
-    from data_pipeline.mixtures import MixtureSource, build_mixture_dataloader, check_datasets
+    from data_pipeline.loading.mixtures import (
+        MixtureSource,
+        build_mixture_dataloader,
+        check_datasets,
+    )
 
     with pytest.raises(ValueError, match="one sample length"):
         check_datasets([s3_demo, numbered.root])
@@ -220,7 +224,7 @@ def test_an_interrupted_upload_is_invisible_and_resumed(s3_server, tmp_path, mon
 
 def test_a_shard_lost_mid_epoch_fails_the_epoch_naming_it(s3_server, tmp_path):
     """streaming 0.13 alone would end the epoch early without a word once a download fails."""
-    from data_pipeline.streaming import ShardFetchError, build_dataloader
+    from data_pipeline.loading.dataset import ShardFetchError, build_dataloader
 
     url = s3_server.bucket("lossy") + "/demo"
     _prepare(url, tmp_path / "staging")

@@ -7,15 +7,15 @@ import os
 import numpy as np
 import pytest
 
-from data_pipeline.corpus import Document, Rejected
-from data_pipeline.shards import (
+from data_pipeline.shards.manifest import (
     check_manifest,
     is_complete,
     iter_samples,
     read_manifest,
     write_shards,
 )
-from data_pipeline.tokenizers import ByteTokenizer
+from data_pipeline.sources.corpus import Document, Rejected
+from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
 
 def read_split(root, split):

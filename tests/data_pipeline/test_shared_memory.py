@@ -14,7 +14,7 @@ from tests.conftest import REPO, clean_env
 # Streams a batch, prints the /dev/shm segments it holds, then waits on stdin.
 STREAMER = """
 import json, sys
-from data_pipeline.streaming import build_dataloader, ensure_distributed_env
+from data_pipeline.loading.dataset import build_dataloader, ensure_distributed_env
 ensure_distributed_env(clean_shared_memory=False)
 loader = build_dataloader(sys.argv[1], "train", 2, shuffle=False, seed=0, cache_root=sys.argv[2])
 next(iter(loader))
@@ -46,8 +46,8 @@ def test_start_removes_shared_memory_of_killed_runs_only(demo_shards, tmp_path):
         os.killpg(killed.pid, signal.SIGKILL)  # with its resource tracker, as Slurm kills a step
         killed.wait()
         assert all(os.path.exists(f"/dev/shm/{n}") for n in killed_names)  # leaked
-        # what every training process does first (pretrain.trainer -> build_dataloader)
-        start = "from data_pipeline.streaming import ensure_distributed_env as e; e()"
+        # what every training process does first (pretrain.train.trainer -> build_dataloader)
+        start = "from data_pipeline.loading.dataset import ensure_distributed_env as e; e()"
         subprocess.run([sys.executable, "-c", start], cwd=REPO, env=clean_env(), check=True)
         assert not [n for n in killed_names if os.path.exists(f"/dev/shm/{n}")]
         assert all(os.path.exists(f"/dev/shm/{n}") for n in live_names)

@@ -6,9 +6,9 @@ import json
 import pytest
 import zstandard
 
-from data_pipeline.corpus import Document, Rejected, iter_documents
-from data_pipeline.inputs import CorpusError, InputFile, resolve_inputs
-from data_pipeline.sources import SourceOptions, input_suffixes, read_input
+from data_pipeline.sources.corpus import Document, Rejected, iter_documents
+from data_pipeline.sources.inputs import CorpusError, InputFile, resolve_inputs
+from data_pipeline.sources.kinds import SourceOptions, input_suffixes, read_input
 from tests.data_pipeline.corpora import (
     GZIP_HOLDS_BACK,
     c4_documents,
@@ -219,7 +219,7 @@ def test_remote_inputs_use_streaming_storage(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match="no object matches"):
         resolve_inputs(["s3://bucket/nothing*"])
 
-    from data_pipeline.prepare import prepare
+    from data_pipeline.shards.prepare import prepare
 
     manifest = prepare("c4", ["s3://bucket/c4/*.gz"], tmp_path / "out", seq_len=32, val_fraction=0)
     assert manifest["documents"]["kept"] == 4

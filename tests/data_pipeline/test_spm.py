@@ -8,9 +8,13 @@ import pytest
 import torch
 
 from data_pipeline.cli import main
-from data_pipeline.collators import MLMMasker
-from data_pipeline.shards import iter_samples, read_manifest
-from data_pipeline.tokenizers import SentencePieceTokenizer, get_tokenizer, tokenizer_from_manifest
+from data_pipeline.loading.collators import MLMMasker
+from data_pipeline.shards.manifest import iter_samples, read_manifest
+from data_pipeline.tokenization.tokenizer import (
+    SentencePieceTokenizer,
+    get_tokenizer,
+    tokenizer_from_manifest,
+)
 from tests.data_pipeline.corpora import c4_documents, write_c4, write_dump
 
 
@@ -98,7 +102,7 @@ def test_train_spm_warns_when_the_corpus_is_too_small_for_the_vocabulary(
     model = tmp_path / "c4_32k.model"
     argv = ["data", "train-spm", "--source", "c4", "--input", str(shared_data / "c4"),
             "--output", str(model), "--vocab-size", "32000"]  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="data_pipeline.spm"):
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.tokenization.spm_train"):
         assert main(argv) == 0
     actual = SentencePieceTokenizer(model).vocab_size
     assert actual < 32000
@@ -109,7 +113,7 @@ def test_train_spm_warns_when_the_corpus_is_too_small_for_the_vocabulary(
     summary = json.loads(model.with_suffix(".json").read_text())
     assert (summary["vocab_size"], summary["vocab_size_requested"]) == (actual, 32000)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="data_pipeline.spm"):
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.tokenization.spm_train"):
         assert main([*argv, "--sample-mb", "0.003"]) == 0
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "instead of the 32000 asked for" in warning and "--sample-mb 0.003" in warning

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from data_pipeline.streaming import build_dataloader, ensure_distributed_env
+from data_pipeline.loading.dataset import build_dataloader, ensure_distributed_env
 from tests.conftest import run_distributed
 
 
@@ -156,7 +156,7 @@ def test_loader_workers_ignore_stop_signals(tmp_path):
     """Slurm signals every process of a step; DataLoader workers must leave them to the trainer."""
     import signal
 
-    from data_pipeline.streaming import ignore_stop_signals
+    from data_pipeline.loading.dataset import ignore_stop_signals
 
     stops = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
     before = {s: signal.getsignal(s) for s in stops}

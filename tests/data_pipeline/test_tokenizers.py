@@ -3,7 +3,12 @@
 import numpy as np
 import pytest
 
-from data_pipeline.tokenizers import ByteTokenizer, Tokenizer, available_tokenizers, get_tokenizer
+from data_pipeline.tokenization.tokenizer import (
+    ByteTokenizer,
+    Tokenizer,
+    available_tokenizers,
+    get_tokenizer,
+)
 
 TEXTS = [
     "Hello, world!",

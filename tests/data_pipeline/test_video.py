@@ -18,10 +18,10 @@ import av  # the `video` extra, which `make test` installs
 import numpy as np
 import pytest
 
-from data_pipeline.video import ClipSpec, decode_clips
-from data_pipeline.video_cli import main as prepare_video_main
-from data_pipeline.video_labels import list_videos
-from data_pipeline.video_shards import iter_video_samples, prepare_videos
+from data_pipeline.video.cli import main as prepare_video_main
+from data_pipeline.video.decode import ClipSpec, decode_clips
+from data_pipeline.video.labels import list_videos
+from data_pipeline.video.shards import iter_video_samples, prepare_videos
 
 BAND = 6  # pixels at the left and right of every frame that a centred crop to a square removes
 SIDE = (255, 0, 0)
@@ -308,7 +308,7 @@ def test_same_shards_for_one_and_two_workers(messy_dir, tmp_path):
 
 
 def test_loader_batches_raw_and_jpeg(messy_dir, tmp_path):
-    from data_pipeline.streaming import build_dataloader
+    from data_pipeline.loading.dataset import build_dataloader
 
     spec = ClipSpec(num_frames=4, height=16, width=16)
     batches = {}

@@ -4,9 +4,9 @@ import bz2
 
 import pytest
 
-from data_pipeline.corpus import Document, Rejected
-from data_pipeline.inputs import open_input
-from data_pipeline.wikipedia import iter_dump_chunks, read_chunk, read_dump
+from data_pipeline.sources.corpus import Document, Rejected
+from data_pipeline.sources.inputs import open_input
+from data_pipeline.sources.wikipedia import iter_dump_chunks, read_chunk, read_dump
 from tests.data_pipeline.corpora import (
     ARTICLE_CLEAN,
     GZIP_HOLDS_BACK,
@@ -189,7 +189,7 @@ def _parsed_pages(data: bytes) -> list[tuple[str, str]]:
 def test_dump_path_cleans_like_clean_wikitext(source, tmp_path, request):
     """Pages are cleaned partly before XML decoding (strip_escaped): same result as cleaning the
     decoded wikitext."""
-    from data_pipeline.wikitext import clean_wikitext
+    from data_pipeline.sources.wikitext import clean_wikitext
 
     if source == "real":
         path = request.getfixturevalue("shared_data") / "wikipedia_xml"

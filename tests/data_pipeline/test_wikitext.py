@@ -2,7 +2,7 @@
 
 import pytest
 
-from data_pipeline.wikitext import clean_wikitext
+from data_pipeline.sources.wikitext import clean_wikitext
 from tests.data_pipeline.corpora import ARTICLE, ARTICLE_CLEAN
 
 

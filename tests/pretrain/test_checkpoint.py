@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from pretrain import checkpoint as ckpt
+from pretrain.train import checkpoint as ckpt
 
 
 class FakeEngine:

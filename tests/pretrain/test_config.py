@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pretrain.config import ConfigError, apply_overrides, config_from_dict, load_config, save_config
-from pretrain.ds_config import build_ds_config
 from pretrain.models import MODEL_TYPES
+from pretrain.train.ds_config import build_ds_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,7 +132,7 @@ def test_ds_config_generated_from_typed_config():
 @pytest.fixture(scope="module")
 def c4_2048(tmp_path_factory, shared_data) -> Path:
     """Real C4 sample shards of 2048 bytes (the paper model's length; not the tiny model's)."""
-    from data_pipeline.prepare import prepare
+    from data_pipeline.shards.prepare import prepare
 
     out = tmp_path_factory.mktemp("c4") / "c4_bytes_2048"
     prepare("c4", [shared_data / "c4"], out, seq_len=2048)

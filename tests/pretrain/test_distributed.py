@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pretrain.distributed import detect_env, env_from_slurm, expand_nodelist, slurm_port
+from pretrain.train.distributed import detect_env, env_from_slurm, expand_nodelist, slurm_port
 from tests.conftest import REPO, clean_env
 
 
@@ -76,7 +76,7 @@ def test_srun_missing_variable_is_a_clear_error():
 
 
 def test_stop_signal_first_ctrl_c_requests_a_stop_the_second_stops_at_once():
-    from pretrain.signals import StopSignal
+    from pretrain.train.signals import StopSignal
 
     before = signal.getsignal(signal.SIGINT)
     stopper = StopSignal()
@@ -200,8 +200,8 @@ def test_ctrl_c_saves_on_every_rank_and_stops(launch, target):
     """SIGINT to the launcher alone, or to the terminal's whole process group: every rank saves a
     collective checkpoint at the next step boundary and stops; the launcher exits with
     EXIT_PREEMPTED, without a traceback."""
-    from pretrain.checkpoint import list_complete
-    from pretrain.signals import EXIT_PREEMPTED
+    from pretrain.train.checkpoint import list_complete
+    from pretrain.train.signals import EXIT_PREEMPTED
 
     run = launch()
     run.training()
@@ -226,8 +226,8 @@ def test_ctrl_c_saves_on_every_rank_and_stops(launch, target):
 def test_second_ctrl_c_stops_at_once(launch):
     """Steps of several seconds: the second Ctrl-C stops every rank before the step boundary the
     first one waits for; nothing is saved and the launcher exits with EXIT_INTERRUPTED."""
-    from pretrain.checkpoint import list_complete
-    from pretrain.signals import EXIT_INTERRUPTED
+    from pretrain.train.checkpoint import list_complete
+    from pretrain.train.signals import EXIT_INTERRUPTED
 
     run = launch("trainer.micro_batch_size=256")
     run.training(steps=1)

@@ -30,10 +30,10 @@ def _train_and_save(rank: int, world: int, out: str) -> None:
     from the live engine by DeepSpeed's own APIs (rank 0 saves them next to the checkpoint)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    from pretrain import checkpoint as ckpt
     from pretrain.config import config_from_dict
     from pretrain.glue.probes import gather_state_dict
-    from pretrain.trainer import _build_engine
+    from pretrain.train import checkpoint as ckpt
+    from pretrain.train.trainer import _build_engine
 
     for stage, precision in STAGES:
         cfg = config_from_dict(
@@ -140,7 +140,7 @@ def test_hf_directory_gives_identical_logits_and_imports_back(pretrained, tmp_pa
     texts = ["Perceivers read bytes.", "héllo"]  # HF decodes all max_seq_len positions
     encoded = tokenizer(texts, padding="max_length", max_length=256, return_tensors="pt")
     ids, mask = encoded["input_ids"], encoded["attention_mask"]
-    from data_pipeline.tokenizers import ByteTokenizer
+    from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
     ours_ids = ByteTokenizer().encode("héllo").tolist()
     assert ids[1, 1 : 1 + len(ours_ids)].tolist() == ours_ids  # the same byte ids
@@ -182,8 +182,8 @@ def test_native_export_fp32_bf16_and_refusals(pretrained, tmp_path):
 def test_sentencepiece_tokenizer_travels_with_the_export(pretrained, tmp_path):
     """A run's SentencePiece model (from its shard manifest) is copied into the export, and GLUE
     encodes with it."""
-    from data_pipeline.shards import FORMAT_VERSION
-    from data_pipeline.spm import train_spm
+    from data_pipeline.shards.manifest import FORMAT_VERSION
+    from data_pipeline.tokenization.spm_train import train_spm
     from pretrain.export import run_tokenizer
     from pretrain.glue.tasks import encode_pair, load_tokenizer
 

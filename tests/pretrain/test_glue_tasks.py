@@ -252,7 +252,7 @@ def test_encoded_split_layout(glue_dir):
 
 
 def test_sentencepiece_encoding(tmp_path):
-    from data_pipeline.spm import train_spm
+    from data_pipeline.tokenization.spm_train import train_spm
 
     text = tmp_path / "corpus.txt"
     rng = random.Random(1)

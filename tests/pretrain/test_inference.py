@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.tokenizers import ByteTokenizer
+from data_pipeline.tokenization.tokenizer import ByteTokenizer
 from pretrain.export import Pretrained, write_native
-from pretrain.inference import fill_mask, generate_text, load_for_inference
+from pretrain.inference.api import fill_mask, generate_text, load_for_inference
 from pretrain.models.perceiver_ar import PerceiverAR, _sample
 from tests.conftest import REPO, clean_env, run_perceiver
 from tests.pretrain.test_perceiver_ar import tiny_config as ar_config

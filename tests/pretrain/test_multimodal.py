@@ -192,7 +192,7 @@ def test_matches_hf_multimodal_autoencoder():
 
 
 def _objective(overrides: tuple[str, ...] = ()):
-    from pretrain.objectives import build_objective
+    from pretrain.objectives.text import build_objective
 
     cfg = load_config(TINY, ["data.dir=x", *overrides])
     assert cfg.objective == "multimodal_ae"
@@ -211,7 +211,7 @@ def _raw_batch(cfg, b: int = 4) -> dict[str, torch.Tensor]:
 
 
 def test_psnr_golden():
-    from pretrain.objectives_multimodal import psnr
+    from pretrain.objectives.multimodal import psnr
 
     assert psnr(se_sum=0.01 * 100, count=100) == pytest.approx(20.0)  # MSE 0.01, peak 1
     assert psnr(se_sum=0.0, count=10) == math.inf
@@ -262,7 +262,10 @@ def test_objective_step_train_and_eval():
 
 
 def test_activation_checkpointing_keeps_loss_and_gradients():
-    from pretrain.parallelize import apply_activation_checkpointing, checkpointed_layer_indices
+    from pretrain.train.parallelize import (
+        apply_activation_checkpointing,
+        checkpointed_layer_indices,
+    )
 
     cfg, objective = _objective()
     batch = objective.transform(_raw_batch(cfg), 3)
@@ -287,8 +290,8 @@ def tiny_video_shards(tmp_path_factory) -> Path:
     Colours, tone and a constant audio level differ by class; the level is what a few training
     steps can learn (a tone takes longer), so the audio-dominated loss visibly falls.
     """
-    from data_pipeline.video import ClipSpec
-    from data_pipeline.video_shards import prepare_videos
+    from data_pipeline.video.decode import ClipSpec
+    from data_pipeline.video.shards import prepare_videos
     from tests.data_pipeline.test_video import write_clip
 
     root = tmp_path_factory.mktemp("videos")
@@ -309,7 +312,7 @@ def tiny_video_shards(tmp_path_factory) -> Path:
 
 
 def test_check_data_refuses_mismatched_clips(tiny_video_shards):
-    from pretrain.objectives import check_data
+    from pretrain.objectives.text import check_data
 
     cfg = load_config(TINY, [f"data.dir={tiny_video_shards}"])
     check_data(cfg)
@@ -321,8 +324,8 @@ def test_check_data_refuses_mismatched_clips(tiny_video_shards):
 @pytest.mark.slow
 def test_empty_val_split_warns_once_and_trains_without_validation(tmp_path):
     """As for text shards (test_train_e2e.py): an empty val split is no reason to stop."""
-    from data_pipeline.video import ClipSpec
-    from data_pipeline.video_shards import prepare_videos
+    from data_pipeline.video.decode import ClipSpec
+    from data_pipeline.video.shards import prepare_videos
     from tests.data_pipeline.test_video import write_clip
 
     for c in range(2):
@@ -417,8 +420,8 @@ def test_video_mixture_trains_and_refuses_mismatched_clips(tiny_video_shards, tm
 
     import yaml
 
-    from data_pipeline.mixtures import check_datasets
-    from pretrain.objectives import check_data
+    from data_pipeline.loading.mixtures import check_datasets
+    from pretrain.objectives.text import check_data
 
     root = tmp_path / "data"
     for name in ("kinetics", "other"):

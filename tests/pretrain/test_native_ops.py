@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch.utils.cpp_extension  # noqa: F401  (imported where it runs: slow the first time)
 
-from pretrain.native_ops import extensions_dir, wait_for_build_lock
+from pretrain.train.native_ops import extensions_dir, wait_for_build_lock
 from tests.conftest import REPO, run_perceiver
 
 HOLD = """import sys, time
@@ -106,7 +106,7 @@ def test_a_hung_build_fails_with_the_lock_path(tmp_path):
 def test_first_start_says_it_compiles(shared_data, tmp_path):
     """A fresh environment's first `perceiver train` prints one line before compiling (2 ranks),
     into the environment's own cache; the next start compiles nothing."""
-    from data_pipeline.prepare import prepare
+    from data_pipeline.shards.prepare import prepare
 
     prepare("c4", [shared_data / "c4"], tmp_path / "c4", seq_len=256)
     cache = tmp_path / "torch_extensions"

@@ -19,7 +19,7 @@ def _skip_changes_nothing(rank: int, world: int) -> None:
     from pretrain.config import config_from_dict
     from pretrain.glue.probes import gather_state_dict
     from pretrain.models.perceiver_io import PerceiverMLM
-    from pretrain.trainer import _any_rank, _build_engine, _skip_step
+    from pretrain.train.trainer import _any_rank, _build_engine, _skip_step
 
     for stage, precision, opt in ENGINES:
         cfg = config_from_dict(

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pretrain.config import OptimizerConfig
-from pretrain.optim import Lamb, lr_lambda, param_groups
+from pretrain.train.optim import Lamb, lr_lambda, param_groups
 
 
 def test_lamb_trust_ratio_scales_update():

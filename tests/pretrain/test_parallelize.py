@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pretrain.models.perceiver_ar import PerceiverAR, PerceiverARConfig
 from pretrain.models.perceiver_io import PerceiverMLM
-from pretrain.parallelize import (
+from pretrain.train.parallelize import (
     apply_activation_checkpointing,
     checkpointed_layer_indices,
     parallelize_model,

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.progress import LineProgress, step_progress
+from pretrain.train.progress import LineProgress, step_progress
 from tests.conftest import REPO, clean_env
 
 
 @pytest.fixture(scope="module")
 def c4_256(tmp_path_factory) -> Path:
     """Real C4 sample shards of the tiny model's 256 bytes."""
-    from data_pipeline.prepare import prepare
+    from data_pipeline.shards.prepare import prepare
     from tests.conftest import SHARED_DATA, skip_unless_ci
 
     if not SHARED_DATA.is_dir():

@@ -127,7 +127,7 @@ def test_damaged_checkpoint_is_rejected_and_leftovers_removed(shards, tmp_path):
     """A file truncated after COMPLETE: status and resume name it, resume falls back to the
     previous checkpoint and replays the lost steps once in metrics.jsonl; the next save removes
     the rejected and a killed save's directory."""
-    from pretrain.checkpoint import list_complete
+    from pretrain.train.checkpoint import list_complete
     from slurm.status import format_status, gather_status
 
     run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
@@ -213,7 +213,7 @@ def test_diverging_run_stops_and_leaves_no_checkpoint_of_nonfinite_state(
     stop, streak, first_bad = int(m[1]), int(m[2]), int(m[3])
     assert streak == limit + 1 and stop == first_bad + limit
     assert proc.stderr.count("optimizer step skipped") == limit  # one warning per skip, rank 0
-    from pretrain.checkpoint import list_complete, rejected
+    from pretrain.train.checkpoint import list_complete, rejected
 
     ckpts = run / "checkpoints"
     good = list_complete(ckpts)

@@ -29,8 +29,8 @@ def _config(stage: int):
 def _build_partitioned(rank: int, world: int, out: str) -> None:
     import deepspeed
 
-    from pretrain.ds_config import build_ds_config
-    from pretrain.parallelize import build_for_training, num_parameters
+    from pretrain.train.ds_config import build_ds_config
+    from pretrain.train.parallelize import build_for_training, num_parameters
 
     deepspeed.init_distributed("gloo")  # joins this process group (as the trainer does)
     cfg = _config(3)
@@ -47,7 +47,7 @@ def _build_partitioned(rank: int, world: int, out: str) -> None:
 
 
 def test_zero3_builds_partitioned_with_the_weights_of_a_whole_build(tmp_path) -> None:
-    from pretrain.parallelize import build_for_training, num_parameters
+    from pretrain.train.parallelize import build_for_training, num_parameters
 
     cfg = _config(0)
     whole = build_for_training(cfg.model_type, cfg.model_config(), 0)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pretrain.distributed import env_from_slurm, slurm_port
+from pretrain.train.distributed import env_from_slurm, slurm_port
 from slurm.launcher import setup_task_env
 
 _DIST = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
