@@ -83,7 +83,7 @@ class EmptySplitError(ValueError):
     """A split of a shard directory holds no sample (the trainer runs without validation)."""
 
 
-_DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
+DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
 _shm_checked = False
 _SHM_DIR = Path("/dev/shm")
 _SHM_NAME = re.compile(r"^(\d{6})_(?:" + "|".join(map(re.escape, SHM_TO_CLEAN)) + ")$")
@@ -200,21 +200,21 @@ def ensure_distributed_env(*, clean_shared_memory: bool = True) -> dict[str, int
         ValueError: If only some of the variables are set, or they are inconsistent.
     """
     global _shm_checked
-    present = [name for name in _DIST_VARS if name in os.environ]
+    present = [name for name in DIST_VARS if name in os.environ]
     if not present:
         os.environ.update(WORLD_SIZE="1", RANK="0", LOCAL_WORLD_SIZE="1", LOCAL_RANK="0")
-    elif len(present) < len(_DIST_VARS):
-        missing = [name for name in _DIST_VARS if name not in os.environ]
+    elif len(present) < len(DIST_VARS):
+        missing = [name for name in DIST_VARS if name not in os.environ]
         raise ValueError(
             f"environment sets {present} but not {missing}; mosaicml-streaming needs all of "
-            f"{list(_DIST_VARS)} (set by torchrun/deepspeed, "
+            f"{list(DIST_VARS)} (set by torchrun/deepspeed, "
             "or pretrain.train.distributed under Slurm)"
         )
     try:
-        env = {name: int(os.environ[name]) for name in _DIST_VARS}
+        env = {name: int(os.environ[name]) for name in DIST_VARS}
     except ValueError as err:
         raise ValueError(f"non-integer distributed environment variable: {err}") from None
-    world, rank, local_world, local_rank = (env[name] for name in _DIST_VARS)
+    world, rank, local_world, local_rank = (env[name] for name in DIST_VARS)
     if not (0 <= rank < world and 0 <= local_rank < local_world <= world) or world % local_world:
         raise ValueError(f"inconsistent distributed environment: {env}")
     if not _shm_checked:
