@@ -35,7 +35,7 @@ from data_pipeline.shards.manifest import (
 )
 from data_pipeline.shards.packing import OBJECTIVES, SPLITS
 from data_pipeline.shards.remote import check_location, is_url, local_mirror
-from data_pipeline.sources.corpus import DEFAULT_MAX_DOC_BYTES, SOURCES, CorpusError
+from data_pipeline.sources.records import DEFAULT_MAX_DOC_BYTES, SOURCES, CorpusError
 from data_pipeline.tokenization.tokenizer import available_tokenizers, tokenizer_from_manifest
 from data_pipeline.video.cli import add_prepare_video_subcommand
 

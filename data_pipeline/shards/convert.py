@@ -46,7 +46,6 @@ from typing import Any
 
 from data_pipeline.shards.mds import TokenShardWriter
 from data_pipeline.shards.packing import SPLITS, DocumentPacker, PackStats, sample_len_for
-from data_pipeline.sources.corpus import Record, take_bytes
 from data_pipeline.sources.inputs import (
     CorpusError,
     InputFile,
@@ -56,6 +55,7 @@ from data_pipeline.sources.inputs import (
     resolve_inputs,
 )
 from data_pipeline.sources.kinds import SOURCES, SourceOptions, input_suffixes, read_input
+from data_pipeline.sources.records import Record, take_bytes
 from data_pipeline.sources.wikipedia import DumpChunk, iter_dump_chunks, read_chunk
 from data_pipeline.tokenization.tokenizer import Tokenizer, get_tokenizer, shard_dtype
 

@@ -33,7 +33,7 @@ import numpy as np
 from data_pipeline.shards.mds import TokenShardWriter
 from data_pipeline.shards.packing import SPLITS, DocumentPacker, PackStats, sample_len_for
 from data_pipeline.shards.remote import check_location, fetch, is_url, join, manifest_bytes
-from data_pipeline.sources.corpus import DEFAULT_MAX_DOC_BYTES, Record
+from data_pipeline.sources.records import DEFAULT_MAX_DOC_BYTES, Record
 from data_pipeline.tokenization.tokenizer import Tokenizer, shard_dtype
 
 __all__ = [

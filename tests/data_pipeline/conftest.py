@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.shards.packing import assign_split
-from data_pipeline.sources.corpus import Document
+from data_pipeline.sources.records import Document
 from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
 

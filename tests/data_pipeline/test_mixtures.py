@@ -14,7 +14,7 @@ from data_pipeline.loading.mixtures import (
     check_datasets,
 )
 from data_pipeline.shards.manifest import write_shards
-from data_pipeline.sources.corpus import Document
+from data_pipeline.sources.records import Document
 from data_pipeline.tokenization.tokenizer import ByteTokenizer
 from tests.conftest import run_distributed
 

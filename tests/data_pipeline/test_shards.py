@@ -14,7 +14,7 @@ from data_pipeline.shards.manifest import (
     read_manifest,
     write_shards,
 )
-from data_pipeline.sources.corpus import Document, Rejected
+from data_pipeline.sources.records import Document, Rejected
 from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
 
