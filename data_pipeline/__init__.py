@@ -18,7 +18,8 @@
                         (one validator, text and video), publishing a build
         remote.py       s3:// gs:// outputs and inputs
     loading/        `build_dataloader` (dataset.py), mixtures.py, collators.py (MLM/AR batches)
-    video/          labelled videos -> clip shards (decode.py, labels.py, shards.py, cli.py)
+    video/          labelled videos -> clip shards (clips.py records, decode.py, labels.py,
+                    shards.py, cli.py)
     inspection.py   `perceiver data inspect`
     cli.py          `perceiver data prepare|train-spm|inspect|prepare-video` (argparse wiring)
     files.py        atomic file writes

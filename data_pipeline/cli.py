@@ -10,9 +10,8 @@
 
 `pretrain/cli.py` registers these on its `data` command with `add_data_subcommands(subparsers)`;
 each subcommand sets `func`, a function of the parsed arguments returning an exit code.
-`python -m data_pipeline.cli data ...` runs them without the rest of the project. (Always run
-modules with `-m`: as a script, `data_pipeline/` would come first on `sys.path` and its
-`streaming.py` and `tokenizers.py` would shadow the `streaming` and `tokenizers` packages.)
+`python -m data_pipeline.cli data ...` runs them without the rest of the project. The work is
+done elsewhere: `shards.prepare`, `tokenization.spm_train`, `inspection`, `video.cli`.
 """
 
 from __future__ import annotations
