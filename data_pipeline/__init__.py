@@ -1,21 +1,28 @@
 """Data pipeline: raw corpus -> documents -> packed token shards (MDS) -> batches.
 
-    inputs.py      input files (paths, globs, dirs, s3:// gs://), decompression, truncation
-    corpus.py      `Document`/`Rejected` records; text and JSON-lines readers; stdlib demo
-    wikitext.py    wikitext -> clean prose
-    wikipedia.py   MediaWiki XML dumps -> chunks of pages -> articles
-    sources.py     source kinds (wikipedia, wikiextractor, c4, jsonl, text, parquet, demo)
-    tokenizers.py  `ByteTokenizer` (262 ids: 6 specials + bytes), `SentencePieceTokenizer`
-    spm.py         `train_spm` (perceiver data train-spm)
-    packing.py     documents -> fixed-length samples; hash-based train/val split
-    mds.py         `TokenShardWriter` (vectorised MDS writer), sub-index merging
-    convert.py     parts, worker processes, resume
-    prepare.py     `prepare` (perceiver data prepare): plan -> parts -> merged shards + manifest
-    shards.py      `write_shards` (one process) -> DIR/{train,val} + manifest.json; manifests
-    streaming.py   `build_dataloader` (StreamingDataset + StreamingDataLoader)
-    mixtures.py    several datasets in proportions (train), interleaved validation
-    collators.py   `stack_tokens` (collate_fn); `MLMMasker`, `ARTargets` (batch transforms)
-    cli.py         `perceiver data prepare|train-spm|inspect`
+    sources/        raw files -> `Document`/`Rejected` records
+        inputs.py       input files (paths, globs, dirs, s3:// gs://), decompression, truncation
+        records.py      the record types and the helpers every reader shares (imports no reader)
+        text.py         plain-text and JSON-lines readers
+        formats.py      C4, WikiExtractor output, Parquet
+        wikipedia.py    MediaWiki XML dumps -> chunks of pages -> articles (wikitext.py: prose)
+        demo.py         the demo corpus: the standard library's docstrings
+        kinds.py        source kinds -> readers: `read_input`, `iter_documents`, `SourceOptions`
+    tokenization/   `ByteTokenizer` (262 ids), `SentencePieceTokenizer`; spm_train.py `train_spm`
+    shards/         documents -> samples -> MDS shard directories
+        packing.py      documents -> fixed-length samples; hash-based train/val split
+        mds.py          `TokenShardWriter` (vectorised MDS writer), sub-index merging
+        convert.py      parts, worker processes, resume
+        prepare.py      `prepare`, the one text shard writer (perceiver data prepare)
+        manifest.py     the shard contract: `read_manifest`, `write_manifest`, `check_shards`
+                        (one validator, text and video), publishing a build
+        remote.py       s3:// gs:// outputs and inputs
+    loading/        `build_dataloader` (dataset.py), mixtures.py, collators.py (MLM/AR batches)
+    video/          labelled videos -> clip shards (clips.py records, decode.py, labels.py,
+                    shards.py, cli.py)
+    inspection.py   `perceiver data inspect`
+    cli.py          `perceiver data prepare|train-spm|inspect|prepare-video` (argparse wiring)
+    files.py        atomic file writes
 
 Nothing here imports `pretrain`. Names below are imported lazily, so `import data_pipeline` is
 cheap and `mosaicml-streaming` (slow to import) loads only when shards or loaders are used.
@@ -29,18 +36,19 @@ from typing import Any
 _EXPORTS = {
     "ByteTokenizer": "tokenization.tokenizer",
     "get_tokenizer": "tokenization.tokenizer",
-    "Document": "sources.corpus",
-    "Rejected": "sources.corpus",
-    "CorpusError": "sources.corpus",
-    "iter_documents": "sources.corpus",
-    "iter_stdlib_docstrings": "sources.corpus",
+    "Document": "sources.records",
+    "Rejected": "sources.records",
+    "CorpusError": "sources.records",
+    "iter_documents": "sources.kinds",
+    "iter_stdlib_docstrings": "sources.demo",
     "sample_len_for": "shards.packing",
     "pack_documents": "shards.packing",
-    "write_shards": "shards.manifest",
     "read_manifest": "shards.manifest",
+    "write_manifest": "shards.manifest",
+    "check_shards": "shards.manifest",
     "check_manifest": "shards.manifest",
-    "prepare_corpus": "shards.manifest",
-    "prepare_demo_corpus": "shards.manifest",
+    "prepare_corpus": "shards.prepare",
+    "prepare_demo_corpus": "shards.prepare",
     "build_dataloader": "loading.dataset",
     "ensure_distributed_env": "loading.dataset",
     "stack_tokens": "loading.collators",
@@ -48,6 +56,7 @@ _EXPORTS = {
     "ARTargets": "loading.collators",
     "make_batch_transform": "loading.collators",
     "add_data_subcommands": "cli",
+    "inspect_shards": "inspection",
     "SentencePieceTokenizer": "tokenization.tokenizer",
     "tokenizer_from_manifest": "tokenization.tokenizer",
     "prepare": "shards.prepare",
@@ -58,7 +67,7 @@ _EXPORTS = {
     "MixtureSource": "loading.mixtures",
     "build_mixture_dataloader": "loading.mixtures",
     "build_val_loader": "loading.mixtures",
-    "check_datasets": "loading.mixtures",
+    "check_datasets": "shards.manifest",
     "segment_ids": "loading.collators",
 }
 

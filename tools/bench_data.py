@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data"
 
 from data_pipeline.shards.prepare import prepare  # noqa: E402
-from data_pipeline.sources.corpus import Document, iter_stdlib_docstrings  # noqa: E402
+from data_pipeline.sources.demo import iter_stdlib_docstrings  # noqa: E402
+from data_pipeline.sources.records import Document  # noqa: E402
 
 
 def _cpu() -> float:

@@ -51,7 +51,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.loading.collators import MLMMasker  # noqa: E402
-from data_pipeline.shards.manifest import check_manifest, iter_samples, prepare_demo_corpus  # noqa: E402
+from data_pipeline.shards.manifest import check_manifest, iter_samples  # noqa: E402
+from data_pipeline.shards.prepare import prepare_demo_corpus  # noqa: E402
 from data_pipeline.tokenization.tokenizer import tokenizer_from_manifest  # noqa: E402
 from pretrain.config import CONFIG_ROOT, Config, load_config  # noqa: E402
 from pretrain.models.hf_interop import hf_config, to_hf_state_dict  # noqa: E402

@@ -271,7 +271,7 @@ def build_dataset(
     """Builds the `StreamingDataset` of one split (what `build_dataloader` wraps).
 
     Args:
-        data_dir: A shard directory written by `write_shards` (with `manifest.json`), or its URL
+        data_dir: A shard directory (`perceiver data prepare`, with `manifest.json`), or its URL
             (`s3://bucket/prefix`, read through `cache_root`).
         split: `"train"` or `"val"`.
         batch_size: Per-rank batch size; streaming uses it to partition samples so that resume
@@ -407,7 +407,7 @@ def build_dataloader(
     see the module docstring for how to loop over epochs and resume.
 
     Args:
-        data_dir: A shard directory written by `write_shards`, or its URL.
+        data_dir: A shard directory written by `perceiver data prepare`, or its URL.
         split: `"train"` or `"val"`.
         batch_size: Per-rank (micro-)batch size.
         shuffle: Shuffle samples (use False for evaluation).

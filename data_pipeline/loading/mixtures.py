@@ -14,7 +14,7 @@ proportions (deterministic weighted round robin, identical on every rank), so th
 batches evaluated are a fixed, representative set, and each batch comes from one dataset
 (`loader.last_source` names it, for per-dataset metrics).
 
-All datasets of a mixture must share a tokenizer and sample length (`check_datasets`).
+All datasets of a mixture must share a tokenizer and sample length (`manifest.check_shards`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from data_pipeline.loading.dataset import (
     ignore_stop_signals,
     streams_dataset,
 )
-from data_pipeline.shards.manifest import read_manifest
-from data_pipeline.shards.packing import sample_len_for
+from data_pipeline.shards.manifest import check_datasets, check_shards
 from data_pipeline.shards.remote import absolute
 
 __all__ = [
@@ -41,7 +40,7 @@ __all__ = [
     "MixtureSource",
     "build_mixture_dataloader",
     "build_val_loader",
-    "check_datasets",
+    "check_datasets",  # = manifest.check_shards, where pretrain imports it
 ]
 
 
@@ -62,87 +61,6 @@ class MixtureSource:
     def __post_init__(self) -> None:
         if not self.proportion > 0:
             raise ValueError(f"mixture source {self.name!r}: proportion must be > 0")
-
-
-def check_datasets(
-    data_dirs: Sequence[str | os.PathLike[str]],
-    *,
-    max_seq_len: int | None = None,
-    objective: str = "mlm",
-    vocab_size: int | None = None,
-    model_key: str = "model",
-) -> dict[str, Any]:
-    """Checks shard directories can be trained on together by a model; returns the first manifest.
-
-    Args:
-        data_dirs: The datasets.
-        max_seq_len: The longest input the model takes: longer samples are refused (an AR
-            sample may hold one token more, the last target).
-        objective: `mlm` or `ar`.
-        vocab_size: The model's vocabulary size: refused if smaller than the tokenizer's.
-        model_key: How the caller's config names the model section, for messages.
-
-    Returns:
-        The manifest of the first dataset.
-
-    Raises:
-        FileNotFoundError: If a directory is not a complete shard directory.
-        ValueError: If tokenizers or sample lengths differ, or do not fit the model, naming both
-            values.
-    """
-    if not data_dirs:
-        raise ValueError("no datasets given")
-    manifests = [(os.fspath(d), read_manifest(d)) for d in data_dirs]
-    first_dir, first = manifests[0]
-    kind = first.get("kind", "tokens")
-    for data_dir, manifest in manifests[1:]:
-        if manifest.get("kind", "tokens") != kind:
-            raise ValueError(
-                f"{data_dir} holds {manifest.get('kind', 'tokens')} shards but {first_dir} "
-                f"{kind} shards: a mixture needs one kind"
-            )
-    if kind == "video":
-        for data_dir, manifest in manifests[1:]:
-            for name in ("video", "audio", "classes"):
-                if manifest[name] != first[name]:
-                    raise ValueError(
-                        f"{data_dir} has {name} {manifest[name]} but {first_dir} {first[name]}: "
-                        "a mixture of clips needs one clip geometry and one class list"
-                    )
-        return first
-    key = _tokenizer_key(first)
-    for data_dir, manifest in manifests[1:]:
-        if _tokenizer_key(manifest) != key:
-            raise ValueError(
-                f"{data_dir} was tokenized with {_tokenizer_key(manifest)} but {first_dir} with "
-                f"{key}: a mixture needs one tokenizer"
-            )
-        if manifest["sample_len"] != first["sample_len"]:
-            raise ValueError(
-                f"{data_dir} holds samples of {manifest['sample_len']} tokens, {first_dir} of "
-                f"{first['sample_len']}: a mixture needs one sample length"
-            )
-    if max_seq_len is not None:
-        longest = sample_len_for(objective, max_seq_len)
-        if first["sample_len"] > longest:
-            raise ValueError(
-                f"{first_dir}: samples hold {first['sample_len']} tokens, more than "
-                f"{model_key}.max_seq_len={max_seq_len} allows for {objective} ({longest}); "
-                f"re-run `perceiver data prepare --seq-len {max_seq_len}` or raise max_seq_len"
-            )
-    shard_vocab = first["tokenizer"]["vocab_size"]
-    if vocab_size is not None and vocab_size < shard_vocab:
-        raise ValueError(
-            f"{model_key}.vocab_size={vocab_size} is smaller than the vocabulary of the shards in "
-            f"{first_dir} (tokenizer {first['tokenizer']['name']!r}, {shard_vocab} ids): set "
-            f"{model_key}.vocab_size={shard_vocab}"
-        )
-    return first
-
-
-def _tokenizer_key(manifest: dict[str, Any]) -> tuple[Any, ...]:
-    info = manifest["tokenizer"]
-    return (info["name"], info["vocab_size"], info.get("model_sha256"))
 
 
 def _normalised(sources: Sequence[MixtureSource]) -> list[float]:
@@ -207,7 +125,7 @@ def build_mixture_dataloader(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     proportions = _normalised(sources)
     roots = [absolute(s.data_dir) for s in sources]
-    first = check_datasets(roots)
+    first = check_shards(roots)
     dataset = streams_dataset(
         list(zip(roots, proportions)),
         split,

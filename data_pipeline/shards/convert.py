@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.files import atomic_write_json
 from data_pipeline.shards.mds import TokenShardWriter
 from data_pipeline.shards.packing import SPLITS, DocumentPacker, PackStats, sample_len_for
-from data_pipeline.sources.corpus import Record, take_bytes
 from data_pipeline.sources.inputs import (
     CorpusError,
     InputFile,
@@ -56,6 +56,7 @@ from data_pipeline.sources.inputs import (
     resolve_inputs,
 )
 from data_pipeline.sources.kinds import SOURCES, SourceOptions, input_suffixes, read_input
+from data_pipeline.sources.records import Record, take_bytes
 from data_pipeline.sources.wikipedia import DumpChunk, iter_dump_chunks, read_chunk
 from data_pipeline.tokenization.tokenizer import Tokenizer, get_tokenizer, shard_dtype
 
@@ -292,9 +293,7 @@ def run_part(task: PartTask) -> dict[str, Any]:
     }
     parts = build / "parts"
     parts.mkdir(exist_ok=True)
-    pending = parts / f".{task.part}.json.tmp"
-    pending.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(pending, parts / f"{task.part}.json")
+    atomic_write_json(parts / f"{task.part}.json", record, indent=1)
     shutil.rmtree(tmp, ignore_errors=True)
     return record
 

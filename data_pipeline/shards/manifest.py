@@ -1,64 +1,71 @@
-"""Shards: packed samples -> MDS datasets `DIR/{train,val}/` + `DIR/manifest.json`.
+"""The shard contract: layout, the manifest (read, written, validated) and publishing a build.
 
 Layout (the "Shards" contract of docs/design.md):
 
     DIR/manifest.json        what was built, from what, with which tokenizer; counts and sizes
-    DIR/train/index.json     MDS index (MDSWriter, zstd), column "tokens": ndarray:uint16
-    DIR/train/shard.*.mds.zstd
+    DIR/train/index.json     MDS index (zstd); text: column "tokens" (`manifest["columns"]`),
+    DIR/train/shard.*.mds.zstd                    video: the columns of `video.shards`
     DIR/val/...
 
-Crash safety: everything is written into a hidden temporary sibling (`.DIR.tmp-XXXX`) and renamed
-onto `DIR` only once both splits and the manifest are complete and flushed to disk. A crash leaves
-either the previous `DIR` or no `DIR`, never a half-written one; `manifest.json` is the marker of
-a complete build. An exception removes the temporary directory; a hard kill leaves it behind (it
-is never mistaken for data, and the next build warns about it).
+`manifest["kind"]` is "tokens" (absent in text manifests, written by `prepare.prepare`, the one
+text writer) or "video" (`video.shards.prepare_videos`). Every reader goes through
+`read_manifest` and every check of shards against a model through `check_shards`, which
+dispatches on the kind.
+
+Crash safety: a build is written into a hidden sibling of `DIR` and renamed onto it
+(`publish_dir`) only once both splits and the manifest are complete and flushed to disk
+(`fsync_tree`). A crash leaves either the previous `DIR` or no `DIR`, never a half-written one;
+`manifest.json` is the marker of a complete build.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_pipeline.shards.mds import TokenShardWriter
-from data_pipeline.shards.packing import SPLITS, DocumentPacker, PackStats, sample_len_for
+from data_pipeline.files import atomic_write_json
+from data_pipeline.shards.packing import sample_len_for
 from data_pipeline.shards.remote import check_location, fetch, is_url, join, manifest_bytes
-from data_pipeline.sources.corpus import DEFAULT_MAX_DOC_BYTES, Record
-from data_pipeline.tokenization.tokenizer import Tokenizer, shard_dtype
 
 __all__ = [
-    "COLUMNS",
+    "COMPRESSION",
+    "DEFAULT_SIZE_LIMIT",
+    "FORMAT_VERSION",
+    "KINDS",
     "MANIFEST_NAME",
-    "check_manifest",
+    "check_shards",
+    "check_target",
+    "check_video_manifest",
+    "dir_bytes",
+    "fsync_tree",
     "is_complete",
     "iter_samples",
-    "prepare_corpus",
-    "prepare_demo_corpus",
+    "iter_stored_samples",
+    "publish_dir",
     "read_manifest",
-    "write_shards",
+    "read_video_manifest",
+    "tool_version",
+    "write_manifest",
 ]
 
-logger = logging.getLogger(__name__)
-
 MANIFEST_NAME = "manifest.json"
-COLUMNS = {"tokens": "ndarray:uint16"}
 COMPRESSION = "zstd"
 FORMAT_VERSION = 1
 DEFAULT_SIZE_LIMIT = "64mb"
-PROGRESS_EVERY_S = 30.0
+KINDS = {"tokens": "perceiver data prepare", "video": "perceiver data prepare-video"}
+"""Shard kinds (`manifest["kind"]`, "tokens" when absent) and the command that builds each."""
 
 
-def _tool_version() -> str:
+def tool_version() -> str:
+    """The installed perceiver-pretrain version, for manifests."""
     try:
         return importlib_metadata.version("perceiver-pretrain")
     except importlib_metadata.PackageNotFoundError:
@@ -70,11 +77,12 @@ def is_complete(data_dir: str | os.PathLike[str]) -> bool:
     return (Path(check_location(data_dir)) / MANIFEST_NAME).is_file()
 
 
-def read_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+def read_manifest(data_dir: str | os.PathLike[str], kind: str | None = None) -> dict[str, Any]:
     """Reads `data_dir/manifest.json`.
 
     Args:
-        data_dir: A directory written by `write_shards`, or the URL of one (`s3://...`).
+        data_dir: A shard directory, or the URL of one (`s3://...`).
+        kind: The kind of shards required (`KINDS`); `None` takes any.
 
     Returns:
         The manifest.
@@ -83,7 +91,8 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         FileNotFoundError: If there is no manifest (not a shard directory, or an unfinished one),
             or no such bucket.
         PermissionError, ConnectionError: For a URL without access (see `remote`).
-        ValueError: If the manifest is not valid JSON or of an unknown format version.
+        ValueError: If the manifest is not valid JSON, of an unknown format version, or not of
+            `kind`.
     """
     data_dir = check_location(data_dir)
     path = join(data_dir, MANIFEST_NAME)
@@ -104,46 +113,196 @@ def read_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(
             f"{path}: format_version {manifest.get('format_version')!r} is not {FORMAT_VERSION}"
         )
+    have = manifest.get("kind", "tokens")
+    if kind is not None and have != kind:
+        what = "video" if kind == "video" else "text"
+        raise ValueError(
+            f"{data_dir}: not {what} shards (kind {have!r}); build them with `{KINDS[kind]}`"
+        )
     return manifest
 
 
-def check_manifest(
-    data_dir: str | os.PathLike[str],
+def write_manifest(build_dir: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
+    """Writes `build_dir/manifest.json` atomically: the marker of a complete build."""
+    return atomic_write_json(Path(build_dir) / MANIFEST_NAME, manifest)
+
+
+def check_shards(
+    data_dirs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
-    seq_len: int,
-    objective: str,
+    kind: str | None = None,
+    seq_len: int | None = None,
+    max_seq_len: int | None = None,
+    objective: str = "mlm",
     vocab_size: int | None = None,
+    clip: Mapping[str, int] | None = None,
+    num_classes: int | None = None,
+    splits: Sequence[str] = (),
+    model_key: str = "model",
 ) -> dict[str, Any]:
-    """Reads the manifest and checks the shards fit a model; what the trainer calls at start-up.
+    """Checks that shard directories can be trained on together by a model; the one validator
+    of the shard contract (the trainer calls it at start-up, before any worker starts).
+
+    The datasets must be of one kind and agree with each other (text: one tokenizer and sample
+    length; video: one clip geometry and class list); then the first is checked against the
+    model, by kind. Only the facts given are checked.
 
     Args:
-        data_dir: The shard directory.
-        seq_len: The model's input length.
-        objective: `"mlm"` or `"ar"` (AR samples hold `seq_len + 1` tokens).
-        vocab_size: The model's vocabulary size, checked if given.
+        data_dirs: A shard directory or URL, or several (a mixture).
+        kind: The kind required (`KINDS`); `None` takes the first dataset's.
+        seq_len: Text: samples must be exactly `sample_len_for(objective, seq_len)` long.
+        max_seq_len: Text: the longest input the model takes; longer samples are refused (an
+            AR sample may hold one token more, the last target).
+        objective: `mlm` or `ar`.
+        vocab_size: Text: the model's vocabulary size; refused if smaller than the tokenizer's.
+        clip: Video: the model's `num_frames`, `height`, `width` and `samples_per_frame`.
+        num_classes: Video: the model's classes; refused if the shards have more.
+        splits: Splits that must hold samples.
+        model_key: How the caller's config names the model section, for messages.
 
     Returns:
-        The manifest.
+        The manifest of the first dataset.
 
     Raises:
-        FileNotFoundError: If the directory is not a complete shard directory.
-        ValueError: If the sample length or vocabulary size do not match, naming both values.
+        FileNotFoundError: If a directory is not a complete shard directory.
+        ValueError: If the datasets disagree, or do not fit the model, naming both values.
     """
-    manifest = read_manifest(data_dir)
-    expected = sample_len_for(objective, seq_len)
-    if manifest["sample_len"] != expected:
+    if isinstance(data_dirs, (str, os.PathLike)):
+        data_dirs = [data_dirs]
+    if not data_dirs:
+        raise ValueError("no datasets given")
+    manifests = [(os.fspath(d), read_manifest(d, kind)) for d in data_dirs]
+    first_dir, first = manifests[0]
+    first_kind = first.get("kind", "tokens")
+    for data_dir, manifest in manifests[1:]:
+        if manifest.get("kind", "tokens") != first_kind:
+            raise ValueError(
+                f"{data_dir} holds {manifest.get('kind', 'tokens')} shards but {first_dir} "
+                f"{first_kind} shards: a mixture needs one kind"
+            )
+    if first_kind == "video":
+        for data_dir, manifest in manifests[1:]:
+            for name in ("video", "audio", "classes"):
+                if manifest[name] != first[name]:
+                    raise ValueError(
+                        f"{data_dir} has {name} {manifest[name]} but {first_dir} {first[name]}: "
+                        "a mixture of clips needs one clip geometry and one class list"
+                    )
+        _check_video(first_dir, first, clip, num_classes)
+    else:
+        _check_tokens(manifests, seq_len, max_seq_len, objective, vocab_size, model_key)
+    for split in splits:
+        if first["splits"][split]["samples"] == 0:
+            what = "clips" if first_kind == "video" else "samples"
+            raise ValueError(f"{join(first_dir, split)}: no {what}")
+    return first
+
+
+def _tokenizer_key(manifest: Mapping[str, Any]) -> tuple[Any, ...]:
+    tok = manifest["tokenizer"]
+    return (tok["name"], tok["vocab_size"], tok.get("model_sha256"))
+
+
+def _check_tokens(
+    manifests: Sequence[tuple[str, dict[str, Any]]],
+    seq_len: int | None,
+    max_seq_len: int | None,
+    objective: str,
+    vocab_size: int | None,
+    model_key: str,
+) -> None:
+    first_dir, first = manifests[0]
+    key = _tokenizer_key(first)
+    for data_dir, manifest in manifests[1:]:
+        if _tokenizer_key(manifest) != key:
+            raise ValueError(
+                f"{data_dir} was tokenized with {_tokenizer_key(manifest)} but {first_dir} with "
+                f"{key}: a mixture needs one tokenizer"
+            )
+        if manifest["sample_len"] != first["sample_len"]:
+            raise ValueError(
+                f"{data_dir} holds samples of {manifest['sample_len']} tokens, {first_dir} of "
+                f"{first['sample_len']}: a mixture needs one sample length"
+            )
+    if seq_len is not None and first["sample_len"] != sample_len_for(objective, seq_len):
         raise ValueError(
-            f"{data_dir}: samples hold {manifest['sample_len']} tokens but {objective} with "
-            f"seq_len={seq_len} needs {expected}; re-run `perceiver data prepare --seq-len "
-            f"{seq_len} --objective {objective}`"
+            f"{first_dir}: samples hold {first['sample_len']} tokens but {objective} with "
+            f"seq_len={seq_len} needs {sample_len_for(objective, seq_len)}; re-run "
+            f"`perceiver data prepare --seq-len {seq_len} --objective {objective}`"
         )
-    shard_vocab = manifest["tokenizer"]["vocab_size"]
-    if vocab_size is not None and shard_vocab > vocab_size:
+    if max_seq_len is not None:
+        longest = sample_len_for(objective, max_seq_len)
+        if first["sample_len"] > longest:
+            raise ValueError(
+                f"{first_dir}: samples hold {first['sample_len']} tokens, more than "
+                f"{model_key}.max_seq_len={max_seq_len} allows for {objective} ({longest}); "
+                f"re-run `perceiver data prepare --seq-len {max_seq_len}` or raise max_seq_len"
+            )
+    shard_vocab = first["tokenizer"]["vocab_size"]
+    if vocab_size is not None and vocab_size < shard_vocab:
         raise ValueError(
-            f"{data_dir}: tokenizer {manifest['tokenizer']['name']!r} has {shard_vocab} ids, "
-            f"more than the model's vocab_size={vocab_size}"
+            f"{model_key}.vocab_size={vocab_size} is smaller than the vocabulary of the shards in "
+            f"{first_dir} (tokenizer {first['tokenizer']['name']!r}, {shard_vocab} ids): set "
+            f"{model_key}.vocab_size={shard_vocab}"
         )
-    return manifest
+
+
+def _check_video(
+    data_dir: str,
+    manifest: Mapping[str, Any],
+    clip: Mapping[str, int] | None,
+    num_classes: int | None,
+) -> None:
+    video, audio = manifest["video"], manifest["audio"]
+    have = {
+        "num_frames": video["num_frames"],
+        "height": video["height"],
+        "width": video["width"],
+        "samples_per_frame": audio["samples_per_frame"],
+    }
+    for key, value in (clip or {}).items():
+        if have[key] != value:
+            raise ValueError(
+                f"{data_dir}: clips have {key}={have[key]} but the model needs {value}; re-run "
+                "`perceiver data prepare-video` with matching --num-frames/--size/--fps/"
+                "--sample-rate, or change the model"
+            )
+    if num_classes is not None and manifest["num_classes"] > num_classes:
+        raise ValueError(
+            f"{data_dir}: {manifest['num_classes']} classes, more than the model's "
+            f"num_classes={num_classes}"
+        )
+
+
+# The names the validator had before it was one (text: one directory / a mixture); pretrain
+# calls them. Same function, same rules.
+check_manifest = check_shards
+check_datasets = check_shards
+
+
+def read_video_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of a video shard directory (`read_manifest(data_dir, "video")`)."""
+    return read_manifest(data_dir, "video")
+
+
+def check_video_manifest(
+    data_dir: str | os.PathLike[str],
+    *,
+    num_frames: int,
+    height: int,
+    width: int,
+    samples_per_frame: int,
+    num_classes: int,
+    splits: Sequence[str] = ("train",),
+) -> dict[str, Any]:
+    """`check_shards` of one video directory against a model's input geometry and classes."""
+    clip = {
+        "num_frames": num_frames,
+        "height": height,
+        "width": width,
+        "samples_per_frame": samples_per_frame,
+    }
+    return check_shards(data_dir, kind="video", clip=clip, num_classes=num_classes, splits=splits)
 
 
 def iter_stored_samples(
@@ -200,11 +359,12 @@ def iter_samples(
         yield sample["tokens"]
 
 
-def _dir_bytes(path: Path) -> int:
+def dir_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (a split's size on disk, for the manifest)."""
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _fsync_tree(path: Path) -> None:
+def fsync_tree(path: Path) -> None:
     """Flushes every file and directory under `path` to disk (so the rename publishes data)."""
     for dirpath, _, filenames in os.walk(path):
         for name in filenames:
@@ -213,10 +373,11 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flushes a directory's entries (a rename in it) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -224,7 +385,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_target(out: Path, overwrite: bool) -> None:
+    """Refuses to replace complete shards without `overwrite`, or anything that is not shards.
+
+    Raises:
+        FileExistsError: Naming `out` and what to do.
+    """
     if not out.exists():
         return
     if not out.is_dir():
@@ -242,7 +408,7 @@ def _check_target(out: Path, overwrite: bool) -> None:
         )
 
 
-def _publish(tmp: Path, out: Path) -> None:
+def publish_dir(tmp: Path, out: Path) -> None:
     """Renames the finished `tmp` onto `out`; an old `out` is moved aside first, then deleted."""
     old: Path | None = None
     if out.exists():
@@ -252,273 +418,6 @@ def _publish(tmp: Path, out: Path) -> None:
         else:
             out.rmdir()
     os.rename(tmp, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def write_shards(
-    documents: Iterable[Record],
-    out_dir: str | os.PathLike[str],
-    tokenizer: Tokenizer,
-    sample_len: int,
-    val_fraction: float = 0.01,
-    *,
-    size_limit: int | str = DEFAULT_SIZE_LIMIT,
-    overwrite: bool = False,
-    metadata: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Packs documents into `out_dir/{train,val}` MDS shards and writes `out_dir/manifest.json`.
-
-    Args:
-        documents: Reader output (`Document` and `Rejected` records); consumed once.
-        out_dir: Destination; created atomically (see the module docstring).
-        tokenizer: Encodes the text; its name and ids go into the manifest.
-        sample_len: Tokens per sample (`sample_len_for(objective, seq_len)`).
-        val_fraction: Fraction of documents, by text hash, that go to `val`.
-        size_limit: Shard size limit before compression (bytes or e.g. `"64mb"`).
-        overwrite: Replace an existing complete `out_dir` (one with a manifest).
-        metadata: Extra JSON-able facts stored under the manifest's `metadata` key (objective,
-            seq_len, source, inputs, ...).
-
-    Returns:
-        The manifest that was written.
-
-    Raises:
-        FileExistsError: If `out_dir` holds a complete build and not `overwrite`, or holds
-            anything else (never deleted, even with `overwrite`).
-        ValueError: For bad arguments, or when no complete training sample could be packed.
-        CorpusError: If an input cannot be read (from the reader).
-    """
-    if is_url(out_dir):
-        raise ValueError(
-            f"write_shards writes local directories, not {os.fspath(out_dir)}: use "
-            "`prepare(..., out_dir=URL)` (perceiver data prepare --output URL)"
-        )
-    out = Path(check_location(out_dir)).absolute()
-    _check_target(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stale = sorted(p.name for p in out.parent.glob(f".{out.name}.tmp-*"))
-    if stale:
-        logger.warning("unfinished builds next to %s (from crashed runs?): %s", out, stale)
-    started = time.monotonic()
-    stats = PackStats()
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()  # honours the umask, unlike tempfile.mkdtemp's 0700
-    writers: dict[str, TokenShardWriter] = {}
-    dtype = shard_dtype(tokenizer)
-    try:
-        for split in SPLITS:
-            writers[split] = TokenShardWriter(
-                tmp / split, sample_len, dtype, compression=COMPRESSION, size_limit=size_limit
-            )
-        last_report = time.monotonic()
-        packer = DocumentPacker(tokenizer, sample_len, val_fraction, dtype, stats)
-        for split, block in packer.pack(documents):
-            writers[split].write(block)
-            if time.monotonic() - last_report > PROGRESS_EVERY_S:
-                last_report = time.monotonic()
-                logger.info(
-                    "%s: %d documents read, %d MB of text, %d train / %d val samples so far",
-                    out.name,
-                    stats.documents_read,
-                    stats.bytes_in >> 20,
-                    stats.samples["train"],
-                    stats.samples["val"],
-                )
-        for split in SPLITS:
-            writers.pop(split).finish()
-        if stats.samples["train"] == 0:
-            raise ValueError(
-                f"no complete training sample of {sample_len} tokens: {stats.documents_kept} "
-                f"documents kept ({stats.documents_rejected} rejected), "
-                f"{stats.tokens_in['train']} training tokens; add text or lower the length"
-            )
-        if val_fraction > 0 and stats.samples["val"] == 0:
-            logger.warning("%s: the val split got no complete sample (too little text)", out)
-        manifest = _manifest(
-            tmp,
-            tokenizer,
-            sample_len,
-            val_fraction,
-            size_limit,
-            stats,
-            metadata,
-            time.monotonic() - started,
-        )
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
-        _check_target(out, overwrite)  # again: someone may have finished the same dir meanwhile
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info(
-        "wrote %s: %d train / %d val samples of %d tokens from %d documents (%d rejected)",
-        out,
-        stats.samples["train"],
-        stats.samples["val"],
-        sample_len,
-        stats.documents_kept,
-        stats.documents_rejected,
-    )
-    return manifest
-
-
-def _manifest(
-    root: Path,
-    tokenizer: Tokenizer,
-    sample_len: int,
-    val_fraction: float,
-    size_limit: int | str,
-    stats: PackStats,
-    metadata: Mapping[str, Any] | None,
-    wall_time_s: float,
-) -> dict[str, Any]:
-    summary = stats.to_dict(sample_len)
-    for split, info in summary["splits"].items():  # type: ignore[union-attr]
-        index = json.loads((root / split / "index.json").read_text(encoding="utf-8"))
-        info["shards"] = len(index["shards"])
-        info["bytes_on_disk"] = _dir_bytes(root / split)
-    tokenizer_info = (
-        tokenizer.config()
-        if hasattr(tokenizer, "config")
-        else {"name": tokenizer.name, "vocab_size": tokenizer.vocab_size}
-    )
-    return {
-        "format_version": FORMAT_VERSION,
-        "tool": "perceiver-pretrain data_pipeline",
-        "tool_version": _tool_version(),
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_time_s": round(wall_time_s, 3),
-        "tokenizer": tokenizer_info,
-        "sample_len": sample_len,
-        "separator_id": tokenizer.eos_id,
-        "columns": {"tokens": f"ndarray:{shard_dtype(tokenizer).name}"},
-        "compression": COMPRESSION,
-        "size_limit": size_limit,
-        "val_fraction": val_fraction,
-        "split_rule": "blake2b-64(document text) / 2**64 < val_fraction -> val",
-        **summary,
-        "metadata": dict(metadata or {}),
-    }
-
-
-def prepare_corpus(
-    source: str,
-    inputs: Sequence[str | os.PathLike[str]],
-    out_dir: str | os.PathLike[str],
-    seq_len: int,
-    objective: str,
-    *,
-    val_fraction: float = 0.01,
-    max_bytes: int | None = None,
-    text_field: str = "text",
-    split_paragraphs: bool = False,
-    tokenizer: str = "byte",
-    size_limit: int | str = DEFAULT_SIZE_LIMIT,
-    overwrite: bool = False,
-    workers: int = 1,
-    strict: bool = False,
-    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
-    id_field: str | None = None,
-    chunk_bytes: int | None = None,
-    progress: bool = False,
-    compression: str | None = None,
-    staging_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Reads a corpus and writes tokenized shards; what `perceiver data prepare` runs.
-
-    A thin wrapper of `prepare.prepare` (parallel, resumable; see `convert.py`).
-
-    Args:
-        source: One of `sources.SOURCES` (`wikipedia`, `wikiextractor`, `c4`, `jsonl`, `text`,
-            `parquet`, `demo`).
-        inputs: Files, globs, directories or URLs (none for `"demo"`).
-        out_dir: Destination shard directory, or a URL (`s3://bucket/prefix`).
-        seq_len: Model input length; samples hold `seq_len` (MLM) or `seq_len + 1` (AR) tokens.
-        objective: `"mlm"` or `"ar"`.
-        val_fraction: Fraction of documents sent to validation.
-        max_bytes: Cap on the text bytes taken from each input.
-        text_field: JSON field or Parquet column of the text.
-        split_paragraphs: One document per paragraph (`"text"`).
-        tokenizer: `byte` or `spm:PATH`.
-        size_limit: Shard size limit.
-        overwrite: Replace an existing complete `out_dir`.
-        workers: Worker processes (the output does not depend on it).
-        strict: Fail at the first rejected record.
-        max_doc_bytes: Larger documents are rejected.
-        id_field: JSON field of a document id (`"jsonl"`).
-        chunk_bytes: XML bytes per parallel chunk of a Wikipedia dump.
-        progress: Show a progress bar.
-        compression: Shard compression (default `prepare.DEFAULT_COMPRESSION`, zstd level 1).
-        staging_dir: Where a URL output is built before the upload.
-
-    Returns:
-        The manifest.
-    """
-    from data_pipeline.shards.prepare import prepare
-    from data_pipeline.sources.kinds import SourceOptions
-
-    options = SourceOptions(
-        text_field=text_field,
-        id_field=id_field,
-        split_paragraphs=split_paragraphs,
-        max_doc_bytes=max_doc_bytes,
-        **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
-    )
-    return prepare(
-        source,
-        inputs,
-        out_dir,
-        seq_len=seq_len,
-        objective=objective,
-        tokenizer=tokenizer,
-        val_fraction=val_fraction,
-        options=options,
-        max_bytes=max_bytes,
-        size_limit=size_limit,
-        workers=workers,
-        strict=strict,
-        overwrite=overwrite,
-        progress=progress,
-        staging_dir=staging_dir,
-        **({"compression": compression} if compression else {}),
-    )
-
-
-def prepare_demo_corpus(
-    out_dir: str | os.PathLike[str],
-    seq_len: int,
-    objective: str = "mlm",
-    *,
-    max_bytes: int | None = None,
-    val_fraction: float = 0.05,
-    overwrite: bool = False,
-) -> dict[str, Any]:
-    """Builds shards from the demo corpus (the standard library's docstrings, ~1.7 MB on 3.11).
-
-    Needs no download: the text is on every machine with Python. Deterministic for a given
-    Python installation.
-
-    Args:
-        out_dir: Destination shard directory.
-        seq_len: Model input length.
-        objective: `"mlm"` or `"ar"`.
-        max_bytes: Cap on the text read (e.g. `200_000` for tests); `None` reads all of it.
-        val_fraction: Fraction of modules sent to validation.
-        overwrite: Replace an existing complete `out_dir`.
-
-    Returns:
-        The manifest.
-    """
-    return prepare_corpus(
-        "demo",
-        (),
-        out_dir,
-        seq_len,
-        objective,
-        val_fraction=val_fraction,
-        max_bytes=max_bytes,
-        overwrite=overwrite,
-    )

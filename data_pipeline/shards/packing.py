@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data_pipeline.sources.corpus import DEFAULT_MAX_DOC_BYTES, Document, Record, Rejected
+from data_pipeline.sources.records import DEFAULT_MAX_DOC_BYTES, Document, Record, Rejected
 from data_pipeline.tokenization.tokenizer import Tokenizer, encode_documents
 
 __all__ = [

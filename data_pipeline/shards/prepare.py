@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.files import atomic_write_json
 from data_pipeline.shards.convert import (
     PLAN_NAME,
     ConvertSettings,
@@ -42,20 +43,28 @@ from data_pipeline.shards.manifest import (
     DEFAULT_SIZE_LIMIT,
     FORMAT_VERSION,
     MANIFEST_NAME,
-    _check_target,
-    _dir_bytes,
-    _fsync_tree,
-    _publish,
-    _tool_version,
+    check_target,
+    dir_bytes,
+    fsync_tree,
     is_complete,
+    publish_dir,
+    tool_version,
+    write_manifest,
 )
 from data_pipeline.shards.mds import merge_split_index
 from data_pipeline.shards.packing import SPLITS, PackStats
 from data_pipeline.shards.remote import check_location, is_url, publish, writable_check
 from data_pipeline.sources.kinds import SourceOptions
+from data_pipeline.sources.records import DEFAULT_MAX_DOC_BYTES
 from data_pipeline.tokenization.tokenizer import SPM_MODEL_NAME, get_tokenizer, shard_dtype
 
-__all__ = ["DEFAULT_COMPRESSION", "Progress", "prepare"]
+__all__ = [
+    "DEFAULT_COMPRESSION",
+    "Progress",
+    "prepare",
+    "prepare_corpus",
+    "prepare_demo_corpus",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +141,7 @@ def _open_build(out: Path, plan: dict[str, Any], overwrite: bool) -> Path:
         logger.info("resuming the unfinished build in %s", build)
     shutil.rmtree(build / "tmp", ignore_errors=True)  # parts being written when it stopped
     (build / "parts").mkdir(parents=True, exist_ok=True)
-    tmp_plan = build / f".{PLAN_NAME}.tmp"
-    tmp_plan.write_text(json.dumps(plan, indent=2), encoding="utf-8")
-    os.replace(tmp_plan, build / PLAN_NAME)
+    atomic_write_json(build / PLAN_NAME, plan)
     return build
 
 
@@ -226,7 +233,7 @@ def prepare(
             return _upload(out, url)
     else:
         out = Path(check_location(out_dir, key="output")).absolute()
-    _check_target(out, overwrite)
+    check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     build = _open_build(out, plan, overwrite)
     done = done_parts(build, found)
@@ -266,16 +273,117 @@ def prepare(
         build, settings, tok, stats, found, order, records, checksums, shards, workers,
         time.monotonic() - started, metadata,
     )  # fmt: skip
-    (build / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    _fsync_tree(build)
-    _check_target(out, overwrite)
-    _publish(build, out)
+    write_manifest(build, manifest)
+    fsync_tree(build)
+    check_target(out, overwrite)
+    publish_dir(build, out)
     logger.info(
         "wrote %s: %d train / %d val samples of %d tokens from %d documents (%d rejected)",
         out, stats.samples["train"], stats.samples["val"], sample_len,
         stats.documents_kept, stats.documents_rejected,
     )  # fmt: skip
     return _upload(out, url) if url else manifest
+
+
+def prepare_corpus(
+    source: str,
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    seq_len: int,
+    objective: str,
+    *,
+    val_fraction: float = 0.01,
+    max_bytes: int | None = None,
+    text_field: str = "text",
+    split_paragraphs: bool = False,
+    tokenizer: str = "byte",
+    size_limit: int | str = DEFAULT_SIZE_LIMIT,
+    overwrite: bool = False,
+    workers: int = 1,
+    strict: bool = False,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
+    id_field: str | None = None,
+    chunk_bytes: int | None = None,
+    progress: bool = False,
+    compression: str | None = None,
+    staging_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Reads a corpus and writes tokenized shards; what `perceiver data prepare` runs.
+
+    `prepare` (the one writer of text shards) with the reader options as keywords.
+
+    Args:
+        source, inputs, out_dir, seq_len, objective, val_fraction, max_bytes, tokenizer,
+            size_limit, overwrite, workers, strict, progress, compression, staging_dir: As for
+            `prepare` (`compression=None`: `DEFAULT_COMPRESSION`).
+        text_field, split_paragraphs, max_doc_bytes, id_field, chunk_bytes: The reader options
+            (`SourceOptions`; `chunk_bytes=None`: the default dump chunk size).
+
+    Returns:
+        The manifest.
+    """
+    options = SourceOptions(
+        text_field=text_field,
+        id_field=id_field,
+        split_paragraphs=split_paragraphs,
+        max_doc_bytes=max_doc_bytes,
+        **({"chunk_bytes": chunk_bytes} if chunk_bytes else {}),
+    )
+    return prepare(
+        source,
+        inputs,
+        out_dir,
+        seq_len=seq_len,
+        objective=objective,
+        tokenizer=tokenizer,
+        val_fraction=val_fraction,
+        options=options,
+        max_bytes=max_bytes,
+        size_limit=size_limit,
+        workers=workers,
+        strict=strict,
+        overwrite=overwrite,
+        progress=progress,
+        staging_dir=staging_dir,
+        **({"compression": compression} if compression else {}),
+    )
+
+
+def prepare_demo_corpus(
+    out_dir: str | os.PathLike[str],
+    seq_len: int,
+    objective: str = "mlm",
+    *,
+    max_bytes: int | None = None,
+    val_fraction: float = 0.05,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Builds shards from the demo corpus (the standard library's docstrings, ~1.7 MB on 3.11).
+
+    Needs no download: the text is on every machine with Python. Deterministic for a given
+    Python installation.
+
+    Args:
+        out_dir: Destination shard directory.
+        seq_len: Model input length.
+        objective: `"mlm"` or `"ar"`.
+        max_bytes: Cap on the text read (e.g. `200_000` for tests); `None` reads all of it.
+        val_fraction: Fraction of modules sent to validation.
+        overwrite: Replace an existing complete `out_dir`.
+
+    Returns:
+        The manifest.
+    """
+    return prepare_corpus(
+        "demo",
+        (),
+        out_dir,
+        seq_len,
+        objective,
+        val_fraction=val_fraction,
+        max_bytes=max_bytes,
+        overwrite=overwrite,
+    )
 
 
 def _staging_for(url: str, plan: dict[str, Any], staging: str | os.PathLike[str] | None) -> Path:
@@ -339,7 +447,7 @@ def _manifest(
     summary = stats.to_dict(sample_len)
     for split, info in summary["splits"].items():  # type: ignore[union-attr]
         info["shards"] = shards[split]
-        info["bytes_on_disk"] = _dir_bytes(root / split)
+        info["bytes_on_disk"] = dir_bytes(root / split)
         info["sequences"] = info["samples"]
     inputs = _inputs_summary(found, order, records, checksums)
     input_bytes = sum(max(entry["size"], 0) for entry in inputs)
@@ -355,7 +463,7 @@ def _manifest(
     return {
         "format_version": FORMAT_VERSION,
         "tool": "perceiver-pretrain data_pipeline",
-        "tool_version": _tool_version(),
+        "tool_version": tool_version(),
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(wall_time_s, 3),
         "workers": workers,

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from data_pipeline.files import atomic_write_bytes
+
 __all__ = [
     "absolute",
     "check_location",
@@ -254,7 +256,7 @@ def local_mirror(data_dir: str | os.PathLike[str], splits: tuple[str, ...] = ())
     root = _mirror_dir(text.rstrip("/"))
     root.mkdir(parents=True, exist_ok=True)
     raw = manifest_bytes(text)
-    (root / MANIFEST_NAME).write_bytes(raw)
+    atomic_write_bytes(root / MANIFEST_NAME, raw)
     tokenizer = json.loads(raw).get("tokenizer", {})
     if tokenizer.get("name") == "spm":
         fetch(text, tokenizer.get("model_file", "tokenizer.model"), fresh=True)

@@ -28,14 +28,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from data_pipeline.sources.corpus import (
+from data_pipeline.sources.inputs import READ_SIZE, ReadMeter, TruncatedInput, open_input
+from data_pipeline.sources.records import (
     DEFAULT_MAX_DOC_BYTES,
     Document,
     Record,
     Rejected,
     too_large,
 )
-from data_pipeline.sources.inputs import READ_SIZE, ReadMeter, TruncatedInput, open_input
 from data_pipeline.sources.wikitext import clean_stripped, strip_escaped
 
 __all__ = [

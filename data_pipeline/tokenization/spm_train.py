@@ -30,9 +30,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.sources.corpus import Document
 from data_pipeline.sources.inputs import download_input, resolve_inputs
 from data_pipeline.sources.kinds import SOURCES, SourceOptions, input_suffixes, read_input
+from data_pipeline.sources.records import Document
 from data_pipeline.tokenization.tokenizer import SentencePieceTokenizer
 
 __all__ = ["DEFAULT_VOCAB_SIZE", "MAX_SENTENCE_BYTES", "sample_lines", "train_spm"]

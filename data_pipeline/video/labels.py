@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_pipeline.video.decode import VIDEO_EXTENSIONS, Rejection, VideoItem
+from data_pipeline.video.clips import VIDEO_EXTENSIONS, Rejection, VideoItem
 
 __all__ = ["VideoListing", "assign_split", "kinetics_stem", "list_videos", "read_class_list"]
 

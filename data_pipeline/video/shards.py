@@ -17,6 +17,8 @@ Layout (the video counterpart of the "Shards" contract in docs/design.md):
 Videos are decoded in worker processes (`data_pipeline.video.decode.process_video`) and written by
 this process in input order, so the shards are byte-identical for any number of workers. Like text
 shards, everything is written to a hidden temporary sibling and renamed onto `DIR` once complete.
+The manifest is read and checked by `data_pipeline.shards.manifest` (`read_video_manifest`,
+`check_video_manifest`, `check_shards`: one reader and validator for every kind of shards).
 `stack_video` is the DataLoader's `collate_fn` for these shards
 (`data_pipeline.loading.dataset` picks it from the manifest's `kind`).
 """
@@ -42,14 +44,15 @@ from data_pipeline.shards.manifest import (
     COMPRESSION,
     DEFAULT_SIZE_LIMIT,
     FORMAT_VERSION,
-    MANIFEST_NAME,
-    _check_target,
-    _dir_bytes,
-    _fsync_tree,
-    _publish,
-    _tool_version,
+    check_target,
+    check_video_manifest,
+    dir_bytes,
+    fsync_tree,
     iter_stored_samples,
-    read_manifest,
+    publish_dir,
+    read_video_manifest,
+    tool_version,
+    write_manifest,
 )
 from data_pipeline.shards.remote import check_location, is_url
 from data_pipeline.video.decode import (
@@ -63,10 +66,10 @@ from data_pipeline.video.labels import VideoListing, list_videos
 
 __all__ = [
     "MAX_LISTED_REJECTIONS",
-    "check_video_manifest",
+    "check_video_manifest",  # from shards.manifest (where pretrain imports it)
     "iter_video_samples",
     "prepare_videos",
-    "read_video_manifest",
+    "read_video_manifest",  # from shards.manifest
     "stack_video",
     "video_columns",
 ]
@@ -192,7 +195,7 @@ def prepare_videos(
     out = Path(check_location(out_dir, key="output")).absolute()
     listing = list_videos(input_dir, labels, val_fraction)
     _check_train_videos(input_dir, listing, val_fraction)
-    _check_target(out, overwrite)
+    check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     columns = video_columns(spec, frames_format, audio_dtype)
     rejections: list[Rejection] = list(listing.rejections)
@@ -241,7 +244,7 @@ def prepare_videos(
             "format_version": FORMAT_VERSION,
             "kind": KIND,
             "tool": "perceiver-pretrain data_pipeline.video.shards",
-            "tool_version": _tool_version(),
+            "tool_version": tool_version(),
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "wall_time_s": round(time.monotonic() - started, 3),
             "columns": columns,
@@ -291,12 +294,12 @@ def prepare_videos(
             manifest["splits"][split] = {
                 "samples": samples[split],
                 "shards": len(index["shards"]),
-                "bytes_on_disk": _dir_bytes(tmp / split),
+                "bytes_on_disk": dir_bytes(tmp / split),
             }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
-        _check_target(out, overwrite)
-        _publish(tmp, out)
+        write_manifest(tmp, manifest)
+        fsync_tree(tmp)
+        check_target(out, overwrite)
+        publish_dir(tmp, out)
     except BaseException:
         bar.close()
         for writer in writers.values():
@@ -310,71 +313,6 @@ def prepare_videos(
         samples["val"],
         len(rejections),
     )
-    return manifest
-
-
-def read_video_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The manifest of a video shard directory.
-
-    Raises:
-        FileNotFoundError: If there is no complete shard directory.
-        ValueError: If the directory holds non-video shards.
-    """
-    manifest = read_manifest(data_dir)
-    if manifest.get("kind") != KIND:
-        raise ValueError(
-            f"{data_dir}: not video shards (kind {manifest.get('kind', 'tokens')!r}); build them "
-            "with `perceiver data prepare-video`"
-        )
-    return manifest
-
-
-def check_video_manifest(
-    data_dir: str | os.PathLike[str],
-    *,
-    num_frames: int,
-    height: int,
-    width: int,
-    samples_per_frame: int,
-    num_classes: int,
-    splits: Sequence[str] = ("train",),
-) -> dict[str, Any]:
-    """Checks video shards against a model's input geometry; what the trainer calls at start-up.
-
-    Raises:
-        FileNotFoundError: If ``data_dir`` is not a complete shard directory.
-        ValueError: Naming both values, if frames, frame size, audio samples per frame or the
-            number of classes do not fit, or a needed split is empty.
-    """
-    manifest = read_video_manifest(data_dir)
-    video, audio = manifest["video"], manifest["audio"]
-    have = {
-        "num_frames": video["num_frames"],
-        "height": video["height"],
-        "width": video["width"],
-        "samples_per_frame": audio["samples_per_frame"],
-    }
-    want = {
-        "num_frames": num_frames,
-        "height": height,
-        "width": width,
-        "samples_per_frame": samples_per_frame,
-    }
-    for key, value in want.items():
-        if have[key] != value:
-            raise ValueError(
-                f"{data_dir}: clips have {key}={have[key]} but the model needs {value}; re-run "
-                "`perceiver data prepare-video` with matching --num-frames/--size/--fps/"
-                "--sample-rate, or change the model"
-            )
-    if manifest["num_classes"] > num_classes:
-        raise ValueError(
-            f"{data_dir}: {manifest['num_classes']} classes, more than the model's "
-            f"num_classes={num_classes}"
-        )
-    for split in splits:
-        if manifest["splits"][split]["samples"] == 0:
-            raise ValueError(f"{Path(data_dir) / split}: no clips")
     return manifest
 
 

@@ -13,7 +13,8 @@ from data_pipeline.loading.collators import (
     stack_tokens,
 )
 from data_pipeline.shards.packing import pack_documents
-from data_pipeline.sources.corpus import Document, iter_stdlib_docstrings
+from data_pipeline.sources.demo import iter_stdlib_docstrings
+from data_pipeline.sources.records import Document
 from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
 TOK = ByteTokenizer()

@@ -5,18 +5,10 @@ import json
 
 import pytest
 
-from data_pipeline.sources.corpus import (
-    CorpusError,
-    Document,
-    Rejected,
-    expand_paths,
-    iter_documents,
-    iter_jsonl,
-    iter_stdlib_docstrings,
-    iter_text_files,
-    module_docstrings,
-    take_bytes,
-)
+from data_pipeline.sources.demo import iter_stdlib_docstrings, module_docstrings
+from data_pipeline.sources.kinds import iter_documents
+from data_pipeline.sources.records import CorpusError, Document, Rejected, expand_paths, take_bytes
+from data_pipeline.sources.text import iter_jsonl, iter_text_files
 
 
 def docs(records):

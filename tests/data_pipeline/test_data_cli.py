@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from data_pipeline.cli import add_data_subcommands, inspect_shards, main, run_inspect, run_prepare
+from data_pipeline.cli import add_data_subcommands, main, run_prepare
+from data_pipeline.inspection import inspect_shards, run_inspect
 from data_pipeline.shards.manifest import read_manifest
 
 

@@ -11,12 +11,12 @@ from data_pipeline.loading.mixtures import (
     MixtureSource,
     build_mixture_dataloader,
     build_val_loader,
-    check_datasets,
 )
-from data_pipeline.shards.manifest import write_shards
-from data_pipeline.sources.corpus import Document
+from data_pipeline.shards.manifest import check_shards
+from data_pipeline.sources.records import Document
 from data_pipeline.tokenization.tokenizer import ByteTokenizer
 from tests.conftest import run_distributed
+from tests.data_pipeline.conftest import write_documents
 
 TOK = ByteTokenizer()
 
@@ -24,7 +24,7 @@ TOK = ByteTokenizer()
 def labelled(root, prefix, n, val_every=0):
     """Shards whose samples decode to `prefix` + a number (one 15-byte document per sample)."""
     docs = [Document(f"{prefix}{i:014d}", "mem", str(i)) for i in range(n)]
-    write_shards(docs, root, TOK, 16, 0.0, size_limit=700)
+    write_documents(docs, root, 16, 0.0, size_limit=700)
     return root
 
 
@@ -98,18 +98,18 @@ def test_validation_without_val_samples_is_an_empty_split(two_datasets):
         build_val_loader(two_datasets, 2)
 
 
-def test_check_datasets(two_datasets, tmp_path):
+def test_check_shards_of_a_mixture(two_datasets, tmp_path):
     dirs = [s.data_dir for s in two_datasets]
-    assert check_datasets(dirs, max_seq_len=16, objective="mlm", vocab_size=262)["sample_len"] == 16
+    assert check_shards(dirs, max_seq_len=16, objective="mlm", vocab_size=262)["sample_len"] == 16
     with pytest.raises(ValueError, match=r"model.vocab_size=100 is smaller .* 262 ids"):
-        check_datasets(dirs, vocab_size=100)
+        check_shards(dirs, vocab_size=100)
     with pytest.raises(ValueError, match=r"more than model.max_seq_len=8"):
-        check_datasets(dirs, max_seq_len=8)
-    check_datasets(dirs, max_seq_len=15, objective="ar")  # AR samples carry one more token
+        check_shards(dirs, max_seq_len=8)
+    check_shards(dirs, max_seq_len=15, objective="ar")  # AR samples carry one more token
     other = tmp_path / "long"
-    write_shards([Document("x" * 100, "m", "1")], other, TOK, 32, 0.0)
+    write_documents([Document("x" * 100, "m", "1")], other, 32, 0.0)
     with pytest.raises(ValueError, match="one sample length"):
-        check_datasets([*dirs, other])
+        check_shards([*dirs, other])
     with pytest.raises(ValueError, match="unique"):
         build_mixture_dataloader([two_datasets[0], two_datasets[0]], "train", 4)
 

@@ -11,7 +11,7 @@ from data_pipeline.shards.packing import (
     pack_documents,
     sample_len_for,
 )
-from data_pipeline.sources.corpus import Document, Rejected
+from data_pipeline.sources.records import Document, Rejected
 from data_pipeline.tokenization.tokenizer import ByteTokenizer
 
 

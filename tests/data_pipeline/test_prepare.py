@@ -17,9 +17,9 @@ import data_pipeline.shards.convert as convert
 from data_pipeline.shards.manifest import iter_samples, read_manifest
 from data_pipeline.shards.packing import StrictError, assign_split
 from data_pipeline.shards.prepare import prepare
-from data_pipeline.sources.corpus import Document
 from data_pipeline.sources.inputs import CorpusError
 from data_pipeline.sources.kinds import read_input
+from data_pipeline.sources.records import Document
 from data_pipeline.tokenization.tokenizer import ByteTokenizer
 from tests.conftest import REPO, clean_env, skip_unless_ci
 from tests.data_pipeline.corpora import c4_documents, write_c4, write_dump

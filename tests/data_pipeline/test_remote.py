@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.cli import inspect_shards, main
+from data_pipeline.cli import main
+from data_pipeline.inspection import inspect_shards
 from data_pipeline.shards.manifest import read_manifest
 from tests.conftest import S3Server
 

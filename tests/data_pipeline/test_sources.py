@@ -6,9 +6,9 @@ import json
 import pytest
 import zstandard
 
-from data_pipeline.sources.corpus import Document, Rejected, iter_documents
 from data_pipeline.sources.inputs import CorpusError, InputFile, resolve_inputs
-from data_pipeline.sources.kinds import SourceOptions, input_suffixes, read_input
+from data_pipeline.sources.kinds import SourceOptions, input_suffixes, iter_documents, read_input
+from data_pipeline.sources.records import Document, Rejected
 from tests.data_pipeline.corpora import (
     GZIP_HOLDS_BACK,
     c4_documents,

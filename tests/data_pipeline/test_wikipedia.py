@@ -4,8 +4,8 @@ import bz2
 
 import pytest
 
-from data_pipeline.sources.corpus import Document, Rejected
 from data_pipeline.sources.inputs import open_input
+from data_pipeline.sources.records import Document, Rejected
 from data_pipeline.sources.wikipedia import iter_dump_chunks, read_chunk, read_dump
 from tests.data_pipeline.corpora import (
     ARTICLE_CLEAN,
