@@ -25,7 +25,7 @@ def _describe(cfg: Config, world_size: int) -> str:
     from pretrain.models import build_model
     from pretrain.train.ds_config import build_ds_config
 
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     with torch.device("meta"):
         model = build_model(cfg.model_type, model_cfg)
     n = sum(p.numel() for p in model.parameters())
