@@ -36,7 +36,8 @@ def _describe(cfg: Config, world_size: int) -> str:
         f"# DeepSpeed config (world size {world_size})",
         yaml.safe_dump(ds, sort_keys=False).rstrip(),
         f"# model: {cfg.model_type}, {n:,} parameters ({n / 1e6:.1f}M), "
-        f"{model_cfg.flops_per_sample() / 1e9:.2f} GFLOP per sample (forward + backward)",
+        f"{cfg.objective.flops_per_sample(model_cfg) / 1e9:.2f} GFLOP per sample "
+        "(forward + backward)",
     ]
     return "\n".join(lines)
 

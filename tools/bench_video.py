@@ -174,7 +174,7 @@ def bench_train(name: str, batch: int, args: argparse.Namespace) -> dict[str, An
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    flops = mc.flops_per_sample() * batch / median
+    flops = objective.flops_per_sample(mc) * batch / median
     return {
         "config": name,
         "params": sum(p.numel() for p in model.parameters()),

@@ -43,6 +43,10 @@ class _TextObjectiveConfig:
     def validate(self, model: Any) -> None:
         pass
 
+    def flops_per_sample(self, model: Any) -> int:
+        """Forward + backward matmul FLOPs of a training sample (MFU, ``--dry-run``)."""
+        return model.flops_per_sample()
+
     def check_data(self, cfg: Any) -> None:
         """Refuse shards that do not fit the model (sample length, vocabulary, objective)."""
         from data_pipeline.shards.manifest import check_manifest
@@ -75,6 +79,11 @@ class MLMObjectiveConfig(_TextObjectiveConfig):
     name: Literal["mlm"] = "mlm"
     mask_prob: float = 0.15
     mask_unit: str = "word"
+
+    def flops_per_sample(self, model: Any) -> int:
+        """Only the masked positions are decoded (``pretrain.objectives.text.MLMObjective``)."""
+        decoded = max(1, round(self.mask_prob * model.max_seq_len))
+        return model.flops_per_sample(num_output_positions=decoded)
 
     def validate(self, model: Any) -> None:
         if not 0.0 < self.mask_prob < 1.0:
@@ -134,6 +143,10 @@ class MultimodalObjectiveConfig:
             if getattr(self, f"{m}_loss_weight") < 0:
                 raise ConfigError(f"objective.{m}_loss_weight: must be >= 0")
 
+    def flops_per_sample(self, model: Any) -> int:
+        """A training clip decodes the query subsample, not every pixel and audio patch."""
+        return model.flops_per_sample(self.train_video_queries, self.train_audio_queries)
+
     def check_data(self, cfg: Any) -> None:
         """Refuses video shards whose clip geometry or classes do not fit the model, or whose
         train split is empty (an empty val split only skips validation:
@@ -166,6 +179,9 @@ class ClassificationObjectiveConfig:
 
     def validate(self, model: Any) -> None:
         pass
+
+    def flops_per_sample(self, model: Any) -> int:
+        return model.flops_per_sample()
 
     def check_data(self, cfg: Any) -> None:
         """Refuses a task, task directory, tokenizer or model that do not fit together."""

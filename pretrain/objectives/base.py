@@ -61,8 +61,9 @@ class Objective:
         return batch["input_ids"].shape[0]
 
     def flops_per_sample(self, model_cfg: Any) -> float:
-        """Forward + backward matmul FLOPs of one sample as this objective runs it (for MFU)."""
-        return float(model_cfg.flops_per_sample())
+        """Forward + backward matmul FLOPs of one sample as this objective runs it (for MFU);
+        the objective's config section knows what it decodes."""
+        return float(self.cfg.objective.flops_per_sample(model_cfg))
 
     def summarize(self, sums: dict[str, float], prefix: str) -> dict[str, float]:
         """Summed statistics -> the metrics users read (loss and accuracy of the counted items)."""

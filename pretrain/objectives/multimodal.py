@@ -156,11 +156,6 @@ class MultimodalAutoencodingObjective(Objective):
         sums["loss_sum"] = loss.detach() * b
         return loss, sums
 
-    def flops_per_sample(self, model_cfg: Any) -> float:
-        """FLOPs of a training step's clip: the subsampled queries are decoded, not every pixel."""
-        st = self.settings
-        return float(model_cfg.flops_per_sample(st.train_video_queries, st.train_audio_queries))
-
     def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Input positions (video patches + audio patches + label) of the batch."""
         return batch["label"].shape[0] * self.model_cfg.num_inputs

@@ -2,7 +2,7 @@
 
 The table lists the objective classes of this package; its config sections (and the default
 objective of each model type) are in ``pretrain.config.objectives``, which a test keeps in step
-with this table. A new objective adds its class here (or calls :func:`register_objective`).
+with this table. A new objective adds its class to the table and its section to the config.
 """
 
 from __future__ import annotations
@@ -18,12 +18,6 @@ OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls
     for cls in (MLMObjective, ARObjective, MultimodalAutoencodingObjective, ClassificationObjective)
 }
-
-
-def register_objective(cls: type[Objective]) -> type[Objective]:
-    """Adds ``cls`` to the table (usable as a class decorator)."""
-    OBJECTIVES[cls.name] = cls
-    return cls
 
 
 def objective_for_model(model_type: str) -> str:

@@ -66,11 +66,6 @@ class MLMObjective(Objective):
     def transform(self, raw, key):
         return self.masker(raw["tokens"], key)
 
-    def flops_per_sample(self, model_cfg):
-        # only the masked positions are decoded (see `step`)
-        decoded = max(1, round(self.cfg.objective.mask_prob * model_cfg.max_seq_len))
-        return float(model_cfg.flops_per_sample(num_output_positions=decoded))
-
     def step(self, model, batch):
         positions_bk, labels_bk = gather_label_positions(batch["labels"])
         logits_bkv = model(
