@@ -25,7 +25,7 @@ def _describe(cfg: Config, world_size: int) -> str:
     from pretrain.models import build_model
     from pretrain.train.ds_config import build_ds_config
 
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     with torch.device("meta"):
         model = build_model(cfg.model_type, model_cfg)
     n = sum(p.numel() for p in model.parameters())
@@ -36,7 +36,8 @@ def _describe(cfg: Config, world_size: int) -> str:
         f"# DeepSpeed config (world size {world_size})",
         yaml.safe_dump(ds, sort_keys=False).rstrip(),
         f"# model: {cfg.model_type}, {n:,} parameters ({n / 1e6:.1f}M), "
-        f"{model_cfg.flops_per_sample() / 1e9:.2f} GFLOP per sample (forward + backward)",
+        f"{cfg.objective.flops_per_sample(model_cfg) / 1e9:.2f} GFLOP per sample "
+        "(forward + backward)",
     ]
     return "\n".join(lines)
 

@@ -37,7 +37,7 @@ def run_demo(
     summaries = {}
     for objective in objectives:
         cfg = load_config(DEMO_CONFIGS[objective], overrides)
-        seq_len = cfg.model_config().max_seq_len
+        seq_len = cfg.model.max_seq_len
         data_dir = out_dir / "data" / f"stdlib_{objective}_{seq_len}"
         if not (data_dir / "manifest.json").is_file():
             print(

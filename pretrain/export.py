@@ -425,7 +425,7 @@ def load_initial_weights(model: nn.Module, cfg: Any) -> list[str]:
         Names of the parameters that kept their fresh initialisation (e.g. the classifier head).
     """
     pretrained = load_pretrained(cfg.checkpoint.init_from)
-    _check_same_architecture(pretrained, cfg.model_config())
+    _check_same_architecture(pretrained, cfg.model)
     state, left = adapt_state_dict(pretrained, cfg.model_type, model)
     device = next(model.parameters()).device
     missing, unexpected = model.load_state_dict(

@@ -91,10 +91,10 @@ def measure_rank(rank: int, world: int, stage: int, model: dict, batch: int, out
     )
     before = rss_bytes()
     ds_config = build_ds_config(cfg, world, False)
-    net = build_for_training(cfg.model_type, cfg.model_config(), 0, ds_config)
+    net = build_for_training(cfg.model_type, cfg.model, 0, ds_config)
     params = num_parameters(net)
     engine = _build_engine(cfg, net, torch.device("cpu"), world, False)
-    seq, vocab = cfg.model_config().max_seq_len, cfg.model_config().vocab_size
+    seq, vocab = cfg.model.max_seq_len, cfg.model.vocab_size
     gen = torch.Generator().manual_seed(rank)
     state = 0
     for _ in range(2):

@@ -140,11 +140,11 @@ def bench_train(name: str, batch: int, args: argparse.Namespace) -> dict[str, An
 
     from pretrain.config import load_config
     from pretrain.models import build_model
-    from pretrain.objectives.text import build_objective
+    from pretrain.objectives.registry import build_objective
 
     device = torch.device(args.device)
     cfg = load_config(REPO / "configs" / CONFIGS[name], ["data.dir=unused"])
-    mc = cfg.model_config()
+    mc = cfg.model
     objective = build_objective(cfg)
     torch.manual_seed(0)
     model = build_model(cfg.model_type, mc).to(device)
@@ -174,7 +174,7 @@ def bench_train(name: str, batch: int, args: argparse.Namespace) -> dict[str, An
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     median = statistics.median(times)
-    flops = mc.flops_per_sample() * batch / median
+    flops = objective.flops_per_sample(mc) * batch / median
     return {
         "config": name,
         "params": sum(p.numel() for p in model.parameters()),

@@ -124,7 +124,7 @@ def build_models(cfg: Config, seed: int) -> dict[str, nn.Module]:
     """Our model with HF's initialisation and the HF model holding the same weights."""
     from transformers import PerceiverForMaskedLM
 
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     torch.manual_seed(seed)
     ours = PerceiverMLM(model_cfg)
     ours.init_weights()
@@ -135,7 +135,7 @@ def build_models(cfg: Config, seed: int) -> dict[str, nn.Module]:
 
 def parameter_distance(models: dict[str, nn.Module], cfg: Config) -> float:
     """||theta_ours - theta_HF|| / ||theta_ours|| over all parameters (in HF's layout)."""
-    ours = to_hf_state_dict(models["ours"].state_dict(), cfg.model_config())
+    ours = to_hf_state_dict(models["ours"].state_dict(), cfg.model)
     hf = models["HF"].state_dict()
     diff = sum(float((ours[k] - hf[k]).pow(2).sum()) for k in ours)
     norm = sum(float(v.pow(2).sum()) for v in ours.values())
@@ -211,13 +211,13 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
             f"optimizer.warmup_steps={args.warmup}",
         ],
     )
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     manifest = check_manifest(
         data_dir, seq_len=model_cfg.max_seq_len, objective="mlm", vocab_size=model_cfg.vocab_size
     )
     masker = MLMMasker(
         tokenizer_from_manifest(data_dir, manifest),
-        mask_prob=cfg.data.mask_prob,
+        mask_prob=cfg.objective.mask_prob,
         seed=cfg.trainer.seed,
     )
     train, val = load_split(data_dir, "train"), load_split(data_dir, "val")
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> None:
         run(args, args.data)
         return
     demo_cfg = load_config(CONFIG_ROOT / "demo_mlm.yaml", [f"model.preset={args.preset}"])
-    seq_len = demo_cfg.model_config().max_seq_len
+    seq_len = demo_cfg.model.max_seq_len
     with tempfile.TemporaryDirectory(prefix="compare_mlm_hf_") as tmp:
         data_dir = Path(tmp) / f"stdlib_mlm_{seq_len}"
         print(f"writing the demo corpus as MLM shards of {seq_len} bytes to {data_dir}")

@@ -4,10 +4,9 @@ Modules, in the order data flows through them:
 
 * ``tasks``: the nine tasks' official TSV layouts -> examples -> token ids (bytes or
   SentencePiece, ``[CLS] a [SEP] b [SEP]``, fair truncation).
-* ``data``: encoded splits as tensors; a resumable training loader and a padded evaluation
-  loader that the trainer uses instead of its streaming loader.
-* ``objective``: the ``classification`` objective (loss, sums, dev metrics) for the
-  ``perceiver_io_classifier`` model type (``pretrain.models.classifier``).
+* ``data``: a run's split read and encoded (``load_split``); a resumable training loader and a
+  padded evaluation loader that the trainer uses instead of its streaming loader (through the
+  ``classification`` objective, ``pretrain.objectives.classification``).
 * ``metrics``: the GLUE metrics and the GLUE average.
 * ``finetune``: ``perceiver glue``: configs for the paper's grid, local runs or a Slurm array,
   evaluation of finished runs, best dev result per task.

@@ -21,12 +21,20 @@ run would have seen, as streaming's loader does for pretraining.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pretrain.glue.tasks import EncodedSplit
+from pretrain.glue.tasks import (
+    EncodedSplit,
+    TaskSpec,
+    encode_examples,
+    get_task,
+    load_tokenizer,
+    read_split,
+)
 
 PAD_MULTIPLE = 8
 
@@ -170,3 +178,34 @@ class EvalLoader:
             weight = (positions < n).astype(np.float32)
             rows = np.minimum(positions, n - 1)  # padding repeats the last example, weight 0
             yield make_batch(self.split, rows, weight)
+
+
+def subsample_rows(n: int, limit: int, seed: int) -> np.ndarray | None:
+    """A fixed random subset of ``limit`` of ``n`` rows (sorted), or None to keep all."""
+    if not limit or limit >= n:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return np.sort(torch.randperm(n, generator=gen)[:limit].numpy())
+
+
+def load_split(
+    cfg: Any, split: str, task_dir: str | Path | None = None, task: TaskSpec | None = None
+) -> EncodedSplit:
+    """``split`` of the run's GLUE task (or of ``task``: the diagnostic set of an MNLI run),
+    encoded as the run's config says.
+
+    Training splits are subsampled to ``glue.max_train_examples`` (a fixed random subset), dev
+    splits cut to their first ``glue.max_eval_examples`` rows; test splits and the diagnostic set
+    are always whole (a submission file must have every row).
+    """
+    submission = task is not None or split.startswith("test")
+    task = task or get_task(cfg.glue.task)
+    examples, _ = read_split(task_dir or cfg.data.dir, task, split)
+    if split == cfg.data.train_split:
+        rows = subsample_rows(len(examples), cfg.glue.max_train_examples, cfg.data.shuffle_seed)
+        if rows is not None:
+            examples = [examples[i] for i in rows]
+    elif cfg.glue.max_eval_examples and not submission:
+        examples = examples[: cfg.glue.max_eval_examples]
+    max_length = cfg.glue.max_length or cfg.model.max_seq_len
+    return encode_examples(examples, task, load_tokenizer(cfg.glue.tokenizer), max_length)

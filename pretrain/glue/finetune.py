@@ -198,11 +198,10 @@ def is_finished(cfg: Config) -> bool:
 def train_run(run: GlueRun, nproc: int = 1) -> None:
     """Trains one grid point (unless finished): in this process, or ``nproc`` local ranks."""
     from pretrain.config import save_config
-    from pretrain.objectives.text import check_data
 
     if is_finished(run.cfg):
         return
-    check_data(run.cfg)
+    run.cfg.objective.check_data(run.cfg)
     if nproc > 1:
         from pretrain.train.distributed import spawn_local
 
@@ -242,14 +241,14 @@ def _labels_to_metrics(task: TaskSpec, outputs: np.ndarray, labels: np.ndarray) 
 def evaluate_run(run_dir: str | Path, predict_test: bool = True) -> dict[str, Any]:
     """Dev metrics (percent) and prediction files of a finished run; writes ``eval.json``."""
     from pretrain.export import consolidate, find_checkpoint
-    from pretrain.glue.objective import load_split
+    from pretrain.glue.data import load_split
     from pretrain.models import build_model
 
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.yaml")
     task = get_task(cfg.glue.task)
     checkpoint = find_checkpoint(run_dir)
-    model = build_model(cfg.model_type, cfg.model_config())
+    model = build_model(cfg.model_type, cfg.model)
     model.load_state_dict(consolidate(checkpoint))
     model.eval()
     metrics: dict[str, float] = {}

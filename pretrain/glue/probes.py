@@ -145,7 +145,7 @@ class ProbeRunner:
 
     def _start(self, state: dict[str, torch.Tensor], step: int) -> None:
         out = probe_dir(self.cfg.trainer.run_dir, step)
-        model = {k: v for k, v in self.cfg.model.items() if k != "type"}
+        model = dict(vars(self.cfg.model))  # the typed model config's fields
         source = {"kind": "snapshot", "run_dir": self.cfg.trainer.run_dir, "step": step}
         pretrained = Pretrained(self.cfg.model_type, model, state, self.tokenizer, source)
         command = probe_command(self.cfg, step, write_native(pretrained, out / "model"))

@@ -57,7 +57,7 @@ def evaluate_run(
 ) -> dict[str, float]:
     """The objective's metrics of ``run``'s checkpoint on ``split`` of ``data_dir``."""
     from pretrain.inference.api import load_for_inference
-    from pretrain.objectives.text import build_objective, check_data
+    from pretrain.objectives.registry import build_objective, check_data
     from pretrain.train import distributed as dist_utils
     from pretrain.train.trainer import _build_loader, evaluate
 

@@ -4,7 +4,8 @@
     model = build_model("perceiver_ar", {"num_latents": 64, ...})  # or a config dataclass
     model.init_weights()
 
-Model presets live in `configs/model/*.yaml` as flat mappings of the config fields plus `type`.
+Model presets live in `configs/model/*.yaml` as flat mappings of the config fields plus `type`
+(each config class's `type`); `pretrain.config` builds the typed config of a run from them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "perceiver_io_classifier": (PerceiverClassifierConfig, PerceiverClassifier),
 }
 
-ModelConfig = PerceiverIOConfig | PerceiverARConfig | PerceiverMultimodalConfig
+# The typed `model` section of a run config, discriminated by each class's `type`.
+ModelConfig = (
+    PerceiverIOConfig | PerceiverARConfig | PerceiverMultimodalConfig | PerceiverClassifierConfig
+)
 
 
 def build_config(model_type: str, cfg: Mapping[str, Any] | ModelConfig) -> ModelConfig:
@@ -70,6 +74,7 @@ def build_model(model_type: str, cfg: Mapping[str, Any] | ModelConfig) -> nn.Mod
 
 __all__ = [
     "MODEL_TYPES",
+    "ModelConfig",
     "PerceiverAR",
     "PerceiverARConfig",
     "PerceiverClassifier",

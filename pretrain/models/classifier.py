@@ -17,6 +17,7 @@ start it from the pretrained decoder too (see `pretrain.export.adapt_state_dict`
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +28,6 @@ from pretrain.models.flops import (
     cross_attention_layer_flops,
     cross_attention_layer_params,
     linear_params,
-    self_attention_layer_flops,
-    self_attention_layer_params,
 )
 from pretrain.models.perceiver_io import PerceiverIOConfig, PerceiverIOEncoder
 
@@ -45,6 +44,7 @@ class PerceiverClassifierConfig(PerceiverIOConfig):
         head_dropout: Dropout before the last layer of the head (BERT fine-tunes with 0.1).
     """
 
+    type: ClassVar[str] = "perceiver_io_classifier"  # `model.type` in a config file
     num_classes: int = 2
     head_hidden_channels: int = 0
     head_dropout: float = 0.1
@@ -73,17 +73,13 @@ class PerceiverClassifierConfig(PerceiverIOConfig):
 
     def num_params(self) -> int:
         """Analytic number of parameters."""
-        c, d, s = self.num_input_channels, self.num_latent_channels, self.max_seq_len
-        layers = self._layers()
+        c, s = self.num_input_channels, self.max_seq_len
         return (
             self.vocab_size * c
             + s * c
-            + self.num_latents * d
-            + cross_attention_layer_params(**layers["encoder"])
-            + self.num_self_attention_layers_per_block
-            * self_attention_layer_params(**layers["self"])
+            + self.encoder_spec().num_params()
             + c  # class query
-            + cross_attention_layer_params(**layers["decoder"])
+            + cross_attention_layer_params(**self.decoder_layer_sizes(), widening=1)
             + linear_params(c, self.head_channels)
             + linear_params(self.head_channels, self.num_classes)
         )
@@ -91,16 +87,12 @@ class PerceiverClassifierConfig(PerceiverIOConfig):
     def flops_per_sample(self, seq_len: int | None = None) -> int:
         """Forward + backward matmul FLOPs for one sample of `seq_len` tokens (default max)."""
         s = self.max_seq_len if seq_len is None else seq_len
-        n, c, h, layers = (
-            self.num_latents,
-            self.num_input_channels,
-            self.head_channels,
-            self._layers(),
-        )
+        c, h = self.num_input_channels, self.head_channels
         forward = (
-            cross_attention_layer_flops(num_q=n, num_kv=s, **layers["encoder"])
-            + self.num_self_attention_layers * self_attention_layer_flops(n, **layers["self"])
-            + cross_attention_layer_flops(num_q=1, num_kv=n, **layers["decoder"])
+            self.encoder_spec().forward_flops(s)
+            + cross_attention_layer_flops(
+                num_q=1, num_kv=self.num_latents, **self.decoder_layer_sizes(), widening=1
+            )
             + 2 * c * h
             + 2 * h * self.num_classes
         )

@@ -24,80 +24,33 @@ unused mask tokens (audio, image) that this model leaves out.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.models.attention import (
-    CrossAttentionLayer,
-    SelfAttentionLayer,
-    init_standard_weights,
-    writable,
-)
+from pretrain.models.attention import CrossAttentionLayer, init_standard_weights, writable
+from pretrain.models.encoder import LatentEncoder, LatentEncoderSpec, check_positive_ints
 from pretrain.models.flops import (
     cross_attention_layer_flops,
     cross_attention_layer_params,
     linear_params,
-    self_attention_layer_flops,
-    self_attention_layer_params,
+)
+from pretrain.models.fourier import (  # noqa: F401  (fourier_channels: part of this API)
+    fourier_channels,
+    fourier_features,
+    grid_positions,
+    index_positions,
 )
 
 MODALITIES = ("audio", "video", "label")  # input and query order (HF sorts its names likewise)
-_FLOAT_FIELDS = ("dropout", "init_scale", "label_mask_prob") + tuple(
-    f"{m}_loss_weight" for m in MODALITIES
-)
 _OPTIONAL_FIELDS = tuple(
     f"{layer}_{kind}_channels"
     for layer in ("cross_attention", "self_attention", "decoder")
     for kind in ("qk", "v")
 )
-
-
-def fourier_channels(num_dims: int, num_bands: int) -> int:
-    """Channels of `fourier_features`: the positions, then a sine and a cosine per band."""
-    return num_dims * (2 * num_bands + 1)
-
-
-def fourier_features(pos_nd: Tensor, num_bands: int, max_resolution: Sequence[int]) -> Tensor:
-    """Fourier position features ``[pos, sin(pi f pos), cos(pi f pos)]`` (HF channel order).
-
-    Args:
-        pos_nd: Positions in [-1, 1], [..., n, d].
-        num_bands: Frequencies per dimension, ``linspace(1, resolution / 2, num_bands)``.
-        max_resolution: Resolution (the Nyquist rate) of each of the d dimensions.
-
-    Returns:
-        Float32 [..., n, d * (2 * num_bands + 1)].
-    """
-    pos_nd = pos_nd.float()
-    freqs_dk = torch.stack(
-        [torch.linspace(1.0, r / 2, num_bands, device=pos_nd.device) for r in max_resolution]
-    )
-    angles_ndk = (math.pi * pos_nd[..., None] * freqs_dk).flatten(-2)
-    return torch.cat([pos_nd, torch.sin(angles_ndk), torch.cos(angles_ndk)], dim=-1)
-
-
-def grid_positions(sizes: Sequence[int], device: torch.device | None = None) -> Tensor:
-    """Encoder positions: a ``linspace(-1, 1)`` grid over ``sizes``, flattened to [prod, d]."""
-    axes = [torch.linspace(-1.0, 1.0, s, device=device) for s in sizes]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(sizes))
-
-
-def index_positions(idx_bk: Tensor, sizes: Sequence[int]) -> Tensor:
-    """Decoder positions of flat indices into a grid of ``sizes``: ``-1 + 2 * coordinate / size``.
-
-    Returns:
-        Float [b, k, len(sizes)].
-    """
-    coords = []
-    for size in reversed(sizes):
-        coords.append(idx_bk % size)
-        idx_bk = torch.div(idx_bk, size, rounding_mode="floor")
-    coord_bkd = torch.stack(coords[::-1], dim=-1).float()
-    return -1.0 + 2.0 * coord_bkd / torch.tensor(sizes, device=coord_bkd.device, dtype=torch.float)
 
 
 @dataclass
@@ -139,14 +92,9 @@ class PerceiverMultimodalConfig:
         decode_chunk_size: Queries per decoder call when reconstructing whole clips.
         dropout: Dropout on attention weights.
         init_scale: Standard deviation of the normal initialisation.
-        train_video_queries: Pixels decoded per clip in training (the objective's subsample).
-        train_audio_queries: Audio patches decoded per clip in training.
-        label_mask_prob: Probability that a training clip's label input is masked.
-        video_loss_weight: Weight of the video L1 loss.
-        audio_loss_weight: Weight of the audio L1 loss.
-        label_loss_weight: Weight of the label cross-entropy.
     """
 
+    type: ClassVar[str] = "perceiver_io_multimodal"  # `model.type` in a config file
     num_frames: int = 16
     frame_height: int = 224
     frame_width: int = 224
@@ -180,30 +128,13 @@ class PerceiverMultimodalConfig:
     decode_chunk_size: int = 16384
     dropout: float = 0.0
     init_scale: float = 0.02
-    train_video_queries: int = 512
-    train_audio_queries: int = 512
-    label_mask_prob: float = 0.5
-    video_loss_weight: float = 0.03
-    audio_loss_weight: float = 1.0
-    label_loss_weight: float = 1e-4
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, bool) or name in _FLOAT_FIELDS:
-                continue
-            if value is None and name in _OPTIONAL_FIELDS:
-                continue
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, skip=("dropout", "init_scale"), optional=_OPTIONAL_FIELDS)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.init_scale <= 0:
             raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
-        if not 0.0 <= self.label_mask_prob <= 1.0:
-            raise ValueError(f"label_mask_prob must be in [0, 1], got {self.label_mask_prob}")
-        for m in MODALITIES:
-            if getattr(self, f"{m}_loss_weight") < 0:
-                raise ValueError(f"{m}_loss_weight must be >= 0")
         for name, size, patch in (
             ("num_frames", self.num_frames, self.temporal_patch_size),
             ("frame_height", self.frame_height, self.spatial_patch_size),
@@ -212,12 +143,6 @@ class PerceiverMultimodalConfig:
         ):
             if size % patch:
                 raise ValueError(f"{name} ({size}) must be divisible by its patch size {patch}")
-        if self.train_video_queries > self.num_pixels:
-            raise ValueError(f"train_video_queries exceeds the {self.num_pixels} pixels per clip")
-        if self.train_audio_queries > self.num_audio_patches:
-            raise ValueError(
-                f"train_audio_queries exceeds the {self.num_audio_patches} audio patches per clip"
-            )
         for layer, heads in (
             ("cross_attention", self.num_cross_attention_heads),
             ("self_attention", self.num_self_attention_heads),
@@ -291,30 +216,39 @@ class PerceiverMultimodalConfig:
         qk = getattr(self, f"{layer}_qk_channels") or default
         return qk, getattr(self, f"{layer}_v_channels") or qk
 
-    def _layers(self) -> dict[str, dict[str, int]]:
-        d = self.num_latent_channels
-        (cqk, cv), (sqk, sv), (dqk, dv) = (
-            self.attention_channels(n) for n in ("cross_attention", "self_attention", "decoder")
+    def encoder_spec(self) -> LatentEncoderSpec:
+        """The latent encoder over the concatenated, padded inputs (`input_channels`)."""
+        (cqk, cv), (sqk, sv) = (
+            self.attention_channels(n) for n in ("cross_attention", "self_attention")
         )
-        return {
-            "encoder": dict(
-                q_dim=d,
-                kv_dim=self.input_channels,
-                qk=cqk,
-                v=cv,
-                widening=self.cross_attention_widening_factor,
-            ),
-            "self": dict(dim=d, qk=sqk, v=sv, widening=self.self_attention_widening_factor),
-            "decoder": dict(q_dim=self.query_channels, kv_dim=d, qk=dqk, v=dv, widening=1),
-        }
+        return LatentEncoderSpec(
+            input_channels=self.input_channels,
+            num_latents=self.num_latents,
+            num_latent_channels=self.num_latent_channels,
+            cross_qk=cqk,
+            cross_v=cv,
+            cross_heads=self.num_cross_attention_heads,
+            cross_widening=self.cross_attention_widening_factor,
+            use_query_residual=self.use_query_residual,
+            self_qk=sqk,
+            self_v=sv,
+            self_heads=self.num_self_attention_heads,
+            self_widening=self.self_attention_widening_factor,
+            layers_per_block=self.num_self_attention_layers_per_block,
+            num_blocks=self.num_self_attention_blocks,
+            dropout=self.dropout,
+        )
+
+    def decoder_layer_sizes(self) -> dict[str, int]:
+        """Sizes of the decoder cross-attention (`pretrain.models.flops` arguments)."""
+        qk, v = self.attention_channels("decoder")
+        return dict(q_dim=self.query_channels, kv_dim=self.num_latent_channels, qk=qk, v=v)
 
     def num_params(self) -> int:
         """Analytic number of parameters."""
-        layers, out = self._layers(), self.decoder_output_channels
-        c, q = self.input_channels, self.query_channels
+        out, c, q = self.decoder_output_channels, self.input_channels, self.query_channels
         learned = (
-            self.num_latents * self.num_latent_channels
-            + sum(c - n for n in self.modality_input_channels.values())
+            sum(c - n for n in self.modality_input_channels.values())
             + c  # label mask token
             + sum(q - n for n in self.modality_query_channels.values())
             + self.label_query_channels
@@ -325,14 +259,8 @@ class PerceiverMultimodalConfig:
             + linear_params(out, self.audio_samples_per_patch)
             + linear_params(out, self.num_classes)
         )
-        return (
-            learned
-            + cross_attention_layer_params(**layers["encoder"])
-            + self.num_self_attention_layers_per_block
-            * self_attention_layer_params(**layers["self"])
-            + cross_attention_layer_params(**layers["decoder"])
-            + heads
-        )
+        decoder = cross_attention_layer_params(**self.decoder_layer_sizes(), widening=1)
+        return learned + self.encoder_spec().num_params() + decoder + heads
 
     def flops_per_sample(
         self, num_video_queries: int | None = None, num_audio_queries: int | None = None
@@ -340,24 +268,25 @@ class PerceiverMultimodalConfig:
         """Forward + backward matmul FLOPs of one clip (3 x the forward).
 
         Args:
-            num_video_queries: Decoded pixels (default: the training subsample).
-            num_audio_queries: Decoded audio patches (default: the training subsample).
+            num_video_queries: Decoded pixels (default: all; training decodes the objective's
+                `train_video_queries`).
+            num_audio_queries: Decoded audio patches (default: all).
         """
-        kv = self.train_video_queries if num_video_queries is None else num_video_queries
-        ka = self.train_audio_queries if num_audio_queries is None else num_audio_queries
-        k, n, out = kv + ka + 1, self.num_latents, self.decoder_output_channels
-        layers = self._layers()
+        kv = self.num_pixels if num_video_queries is None else num_video_queries
+        ka = self.num_audio_patches if num_audio_queries is None else num_audio_queries
+        k, out = kv + ka + 1, self.decoder_output_channels
         forward = (
-            cross_attention_layer_flops(num_q=n, num_kv=self.num_inputs, **layers["encoder"])
-            + self.num_self_attention_layers * self_attention_layer_flops(n, **layers["self"])
-            + cross_attention_layer_flops(num_q=k, num_kv=n, **layers["decoder"])
+            self.encoder_spec().forward_flops(self.num_inputs)
+            + cross_attention_layer_flops(
+                num_q=k, num_kv=self.num_latents, **self.decoder_layer_sizes(), widening=1
+            )
             + 2 * k * self.query_channels * out
             + 2 * out * (3 * kv + self.audio_samples_per_patch * ka + self.num_classes)
         )
         return 3 * forward
 
 
-class PerceiverMultimodal(nn.Module):
+class PerceiverMultimodal(LatentEncoder):
     """The Perceiver IO multimodal autoencoder (see the module docstring for the data flow).
 
     Args:
@@ -369,39 +298,18 @@ class PerceiverMultimodal(nn.Module):
         super().__init__()
         self.cfg = cfg
         c, q, d = cfg.input_channels, cfg.query_channels, cfg.num_latent_channels
-        self.latents = nn.Parameter(torch.empty(cfg.num_latents, d))
+        # The input adapter, then the encoder (the parameter order of earlier checkpoints:
+        # latents, label_mask_token, ..., input_padding.*, cross_attention.*, ...).
         self.input_padding = nn.ParameterDict(
             {m: torch.empty(1, c - n) for m, n in cfg.modality_input_channels.items()}
         )
+        self.build_latent_encoder(cfg.encoder_spec())
         self.label_mask_token = nn.Parameter(torch.empty(1, c))
-        (cqk, cv), (sqk, sv), (dqk, dv) = (
-            cfg.attention_channels(n) for n in ("cross_attention", "self_attention", "decoder")
-        )
-        self.cross_attention = CrossAttentionLayer(
-            q_dim=d,
-            kv_dim=c,
-            qk_channels=cqk,
-            v_channels=cv,
-            num_heads=cfg.num_cross_attention_heads,
-            widening_factor=cfg.cross_attention_widening_factor,
-            use_query_residual=cfg.use_query_residual,
-            dropout=cfg.dropout,
-        )
-        self.self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(
-                dim=d,
-                qk_channels=sqk,
-                v_channels=sv,
-                num_heads=cfg.num_self_attention_heads,
-                widening_factor=cfg.self_attention_widening_factor,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.num_self_attention_layers_per_block)
-        )
         self.query_padding = nn.ParameterDict(
             {m: torch.empty(1, q - n) for m, n in cfg.modality_query_channels.items()}
         )
         self.label_query = nn.Parameter(torch.empty(1, cfg.label_query_channels))
+        dqk, dv = cfg.attention_channels("decoder")
         self.decoder_cross_attention = CrossAttentionLayer(
             q_dim=q,
             kv_dim=d,
@@ -423,7 +331,7 @@ class PerceiverMultimodal(nn.Module):
         """HF initialisation: N(0, init_scale) weights and learned vectors, zero biases."""
         std = self.cfg.init_scale
         init_standard_weights(self, std)
-        vectors = [self.latents, self.label_mask_token, self.label_query]
+        vectors = [self.latents, self.label_mask_token, self.label_query]  # this draw order
         for p in [*vectors, *self.input_padding.values(), *self.query_padding.values()]:
             with writable(p):
                 nn.init.normal_(p, std=std)
@@ -475,12 +383,7 @@ class PerceiverMultimodal(nn.Module):
         self, frames: Tensor, audio: Tensor, label: Tensor, label_mask: Tensor | None = None
     ) -> Tensor:
         """The latents z_bnD after the encoder cross-attention and the self-attention stack."""
-        x_bmc = self.embed_inputs(frames, audio, label, label_mask)
-        z_bnd = self.cross_attention(self.latents.expand(x_bmc.shape[0], -1, -1), x_bmc)
-        for _ in range(self.cfg.num_self_attention_blocks):
-            for layer in self.self_attention_layers:
-                z_bnd = layer(z_bnd)
-        return z_bnd
+        return self.encode_inputs(self.embed_inputs(frames, audio, label, label_mask))
 
     def decode(
         self,

@@ -19,7 +19,8 @@ the last n positions, which is what makes incremental decoding equal to the full
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from pretrain.models.attention import (
     rotary_embedding,
     writable,
 )
+from pretrain.models.encoder import check_positive_ints
 from pretrain.models.flops import (
     cross_attention_layer_flops,
     cross_attention_layer_params,
@@ -67,6 +69,7 @@ class PerceiverARConfig:
         init_scale: Standard deviation of the normal initialisation.
     """
 
+    type: ClassVar[str] = "perceiver_ar"  # `model.type` in a config file
     vocab_size: int = 262
     max_seq_len: int = 4096
     num_latents: int = 1024
@@ -86,14 +89,12 @@ class PerceiverARConfig:
 
     def __post_init__(self) -> None:
         floats = ("rotary_fraction", "cross_attention_dropout", "dropout", "residual_dropout")
-        for name, value in asdict(self).items():
-            if isinstance(value, bool) or name in floats + ("init_scale",):
-                continue
-            if name == "num_self_attention_rotary_layers":
-                if value < -1:
-                    raise ValueError(f"{name} must be >= -1, got {value}")
-            elif not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, skip=floats + ("init_scale", "num_self_attention_rotary_layers"))
+        if self.num_self_attention_rotary_layers < -1:
+            raise ValueError(
+                f"num_self_attention_rotary_layers must be >= -1, got "
+                f"{self.num_self_attention_rotary_layers}"
+            )
         if self.num_latents > self.max_seq_len:
             raise ValueError(f"num_latents ({self.num_latents}) must be <= max_seq_len")
         if self.num_channels % self.num_heads:

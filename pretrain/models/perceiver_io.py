@@ -16,7 +16,8 @@ positions that carry a label (exact, and it skips ~85% of the decoder's work in 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,17 +25,12 @@ from torch import Tensor, nn
 
 from pretrain.models.attention import (
     CrossAttentionLayer,
-    SelfAttentionLayer,
     init_standard_weights,
     padding_mask_or_none,
     writable,
 )
-from pretrain.models.flops import (
-    cross_attention_layer_flops,
-    cross_attention_layer_params,
-    self_attention_layer_flops,
-    self_attention_layer_params,
-)
+from pretrain.models.encoder import LatentEncoder, LatentEncoderSpec, check_positive_ints
+from pretrain.models.flops import cross_attention_layer_flops, cross_attention_layer_params
 
 
 @dataclass
@@ -66,6 +62,7 @@ class PerceiverIOConfig:
         init_scale: Standard deviation of the normal initialisation (HF `initializer_range`).
     """
 
+    type: ClassVar[str] = "perceiver_io_mlm"  # `model.type` in a config file
     vocab_size: int = 262
     max_seq_len: int = 2048
     num_input_channels: int = 768
@@ -88,11 +85,7 @@ class PerceiverIOConfig:
     init_scale: float = 0.02
 
     def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if isinstance(value, bool) or name in ("dropout", "init_scale"):
-                continue
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(self, skip=("dropout", "init_scale"))
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.init_scale <= 0:
@@ -114,37 +107,37 @@ class PerceiverIOConfig:
         """Self-attention layers applied in a forward pass (counting shared ones each time)."""
         return self.num_self_attention_layers_per_block * self.num_self_attention_blocks
 
-    def _layers(self) -> dict[str, dict[str, int]]:
-        c, d = self.num_input_channels, self.num_latent_channels
-        return {
-            "encoder": dict(
-                q_dim=d,
-                kv_dim=c,
-                qk=self.cross_attention_qk_channels,
-                v=self.cross_attention_v_channels,
-                widening=self.cross_attention_widening_factor,
-            ),
-            "self": dict(
-                dim=d,
-                qk=self.self_attention_qk_channels,
-                v=self.self_attention_v_channels,
-                widening=self.self_attention_widening_factor,
-            ),
-            "decoder": dict(q_dim=c, kv_dim=d, qk=self.decoder_qk_channels, v=c, widening=1),
-        }
+    def encoder_spec(self) -> LatentEncoderSpec:
+        """The latent encoder over the token + position embeddings (`num_input_channels`)."""
+        return LatentEncoderSpec(
+            input_channels=self.num_input_channels,
+            num_latents=self.num_latents,
+            num_latent_channels=self.num_latent_channels,
+            cross_qk=self.cross_attention_qk_channels,
+            cross_v=self.cross_attention_v_channels,
+            cross_heads=self.num_cross_attention_heads,
+            cross_widening=self.cross_attention_widening_factor,
+            use_query_residual=self.use_query_residual,
+            self_qk=self.self_attention_qk_channels,
+            self_v=self.self_attention_v_channels,
+            self_heads=self.num_self_attention_heads,
+            self_widening=self.self_attention_widening_factor,
+            layers_per_block=self.num_self_attention_layers_per_block,
+            num_blocks=self.num_self_attention_blocks,
+            dropout=self.dropout,
+        )
+
+    def decoder_layer_sizes(self) -> dict[str, int]:
+        """Sizes of the decoder cross-attention (`pretrain.models.flops` arguments)."""
+        c = self.num_input_channels
+        return dict(q_dim=c, kv_dim=self.num_latent_channels, qk=self.decoder_qk_channels, v=c)
 
     def num_params(self) -> int:
         """Analytic number of parameters (the embedding is tied to the MLM head)."""
-        layers = self._layers()
         c, s, v = self.num_input_channels, self.max_seq_len, self.vocab_size
-        embeddings = v * c + 2 * s * c + self.num_latents * self.num_latent_channels + v
-        return (
-            embeddings
-            + cross_attention_layer_params(**layers["encoder"])
-            + self.num_self_attention_layers_per_block
-            * self_attention_layer_params(**layers["self"])
-            + cross_attention_layer_params(**layers["decoder"])
-        )
+        embeddings = v * c + 2 * s * c + v
+        decoder = cross_attention_layer_params(**self.decoder_layer_sizes(), widening=1)
+        return embeddings + self.encoder_spec().num_params() + decoder
 
     def flops_per_sample(
         self, seq_len: int | None = None, num_output_positions: int | None = None
@@ -162,19 +155,19 @@ class PerceiverIOConfig:
         """
         s = self.max_seq_len if seq_len is None else seq_len
         k = s if num_output_positions is None else num_output_positions
-        n, layers = self.num_latents, self._layers()
         forward = (
-            cross_attention_layer_flops(num_q=n, num_kv=s, **layers["encoder"])
-            + self.num_self_attention_layers * self_attention_layer_flops(n, **layers["self"])
-            + cross_attention_layer_flops(num_q=k, num_kv=n, **layers["decoder"])
+            self.encoder_spec().forward_flops(s)
+            + cross_attention_layer_flops(
+                num_q=k, num_kv=self.num_latents, **self.decoder_layer_sizes(), widening=1
+            )
             + 2 * k * self.num_input_channels * self.vocab_size
         )
         return 3 * forward
 
 
-class PerceiverIOEncoder(nn.Module):
-    """The Perceiver IO encoder shared by every task head: token + position embeddings, learned
-    latents, the encoder cross-attention and the latent self-attention stack.
+class PerceiverIOEncoder(LatentEncoder):
+    """The text input adapter (token + position embeddings) and the latent encoder, shared by
+    every text head (`PerceiverMLM`, `PerceiverClassifier`).
 
     Heads subclass it and add their decoder; parameter names stay those of `PerceiverMLM`, so
     pretrained encoder weights load unchanged into any head.
@@ -186,31 +179,9 @@ class PerceiverIOEncoder(nn.Module):
     def __init__(self, cfg: PerceiverIOConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        c, d = cfg.num_input_channels, cfg.num_latent_channels
-        self.token_embedding = nn.Embedding(cfg.vocab_size, c)
-        self.position_embedding = nn.Embedding(cfg.max_seq_len, c)
-        self.latents = nn.Parameter(torch.empty(cfg.num_latents, d))
-        self.cross_attention = CrossAttentionLayer(
-            q_dim=d,
-            kv_dim=c,
-            qk_channels=cfg.cross_attention_qk_channels,
-            v_channels=cfg.cross_attention_v_channels,
-            num_heads=cfg.num_cross_attention_heads,
-            widening_factor=cfg.cross_attention_widening_factor,
-            use_query_residual=cfg.use_query_residual,
-            dropout=cfg.dropout,
-        )
-        self.self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(
-                dim=d,
-                qk_channels=cfg.self_attention_qk_channels,
-                v_channels=cfg.self_attention_v_channels,
-                num_heads=cfg.num_self_attention_heads,
-                widening_factor=cfg.self_attention_widening_factor,
-                dropout=cfg.dropout,
-            )
-            for _ in range(cfg.num_self_attention_layers_per_block)
-        )
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.num_input_channels)
+        self.position_embedding = nn.Embedding(cfg.max_seq_len, cfg.num_input_channels)
+        self.build_latent_encoder(cfg.encoder_spec())
 
     def decoder_cross_attention_layer(self) -> CrossAttentionLayer:
         """The decoder cross-attention of the MLM (queries of `num_input_channels`)."""
@@ -231,8 +202,7 @@ class PerceiverIOEncoder(nn.Module):
         """HF initialisation: N(0, init_scale) for weights, embeddings and latents; heads extend
         it for their own parameters."""
         init_standard_weights(self, self.cfg.init_scale)
-        with writable(self.latents):
-            nn.init.normal_(self.latents, std=self.cfg.init_scale)
+        self.init_latents(self.cfg.init_scale)
 
     def encode(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """Embeds the tokens and returns the processed latents z_bnD.
@@ -241,17 +211,12 @@ class PerceiverIOEncoder(nn.Module):
             input_ids: long [b, s] with s <= max_seq_len.
             attention_mask: Optional bool [b, s], True = real token (padding is never attended).
         """
-        b, s = input_ids.shape
+        s = input_ids.shape[1]
         if s > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {s} exceeds max_seq_len {self.cfg.max_seq_len}")
         x_bsc = self.token_embedding(input_ids) + self.position_embedding.weight[:s]
-        latents_bnd = self.latents.expand(b, -1, -1)
-        mask_bs = padding_mask_or_none(attention_mask)  # packed sequences need no mask
-        z_bnd = self.cross_attention(latents_bnd, x_bsc, key_padding_mask_bm=mask_bs)
-        for _ in range(self.cfg.num_self_attention_blocks):
-            for layer in self.self_attention_layers:
-                z_bnd = layer(z_bnd)
-        return z_bnd
+        # packed sequences need no mask
+        return self.encode_inputs(x_bsc, padding_mask_or_none(attention_mask))
 
 
 class PerceiverMLM(PerceiverIOEncoder):

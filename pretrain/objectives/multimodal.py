@@ -6,8 +6,9 @@ Loader batches come from video shards (`data_pipeline.video.shards.stack_video`)
 
 * Training decodes a random subset of the outputs of every clip (``train_video_queries`` pixels,
   ``train_audio_queries`` audio patches of 16 samples, and the label) and masks the label input
-  of a clip with probability ``label_mask_prob`` (0.5). Indices and masks come from a generator
-  seeded by (seed, key), so a resumed run sees exactly the same ones.
+  of a clip with probability ``label_mask_prob`` (0.5); these and the loss weights are the
+  ``objective`` section of the config (``pretrain.config.objectives``). Indices and masks come
+  from a generator seeded by (seed, key), so a resumed run sees exactly the same ones.
 * Evaluation reconstructs every pixel and audio sample (in chunks, see
   `PerceiverMultimodal.reconstruct`) with every label masked: top-1 is then classification.
 * Loss: ``video_loss_weight * L1(video) + audio_loss_weight * L1(audio) + label_loss_weight *
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.objectives.text import Objective, register_objective
+from pretrain.objectives.base import Objective
 
 NUM_IMAGE_FRAMES = 4  # frames shown per reconstruction image
 
@@ -39,12 +40,12 @@ def psnr(se_sum: float, count: float, peak: float = 1.0) -> float:
     return 10.0 * math.log10(peak**2 / mse) if mse > 0 else float("inf")
 
 
-@register_objective
 class MultimodalAutoencodingObjective(Objective):
     """Reconstructs video, audio and label of a clip (see the module docstring)."""
 
     name = "multimodal_ae"
     model_types = ("perceiver_io_multimodal",)
+    shard_kind = "video"
     stat_keys = (
         "loss_sum",
         "samples",
@@ -61,7 +62,8 @@ class MultimodalAutoencodingObjective(Objective):
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
-        self.model_cfg = cfg.model_config()
+        self.model_cfg = cfg.model
+        self.settings = cfg.objective  # queries, label masking, loss weights
         self.seed = cfg.trainer.seed
         self._images: dict[str, torch.Tensor] = {}
 
@@ -73,14 +75,14 @@ class MultimodalAutoencodingObjective(Objective):
         """
         from data_pipeline.loading.collators import mix_seed
 
-        mc = self.model_cfg
+        mc, st = self.model_cfg, self.settings
         g = torch.Generator().manual_seed(mix_seed(self.seed, key))
         b = raw["label"].shape[0]
         video_idx, audio_idx = [], []
         for _ in range(b):  # without replacement, independently per clip
-            video_idx.append(torch.randperm(mc.num_pixels, generator=g)[: mc.train_video_queries])
+            video_idx.append(torch.randperm(mc.num_pixels, generator=g)[: st.train_video_queries])
             audio_idx.append(
-                torch.randperm(mc.num_audio_patches, generator=g)[: mc.train_audio_queries]
+                torch.randperm(mc.num_audio_patches, generator=g)[: st.train_audio_queries]
             )
         device = raw["label"].device  # draws on the CPU: the same queries on any device
         return {
@@ -88,7 +90,7 @@ class MultimodalAutoencodingObjective(Objective):
             "audio": raw["audio"],
             "has_audio": raw["has_audio"],
             "label": raw["label"],
-            "label_mask": (torch.rand(b, generator=g) < mc.label_mask_prob).to(device),
+            "label_mask": (torch.rand(b, generator=g) < st.label_mask_prob).to(device),
             "video_query_idx": torch.stack(video_idx).to(device),
             "audio_query_idx": torch.stack(audio_idx).to(device),
         }
@@ -144,10 +146,11 @@ class MultimodalAutoencodingObjective(Objective):
             "correct": ((logits.argmax(-1) == label) & label_mask).sum(),
             "count": label_mask.sum(),
         }
+        st = self.settings
         loss = (
-            mc.video_loss_weight * sums["video_l1_sum"] / sums["video_count"]
-            + mc.audio_loss_weight * sums["audio_l1_sum"] / sums["audio_count"].clamp(min=1)
-            + mc.label_loss_weight * ce.mean()
+            st.video_loss_weight * sums["video_l1_sum"] / sums["video_count"]
+            + st.audio_loss_weight * sums["audio_l1_sum"] / sums["audio_count"].clamp(min=1)
+            + st.label_loss_weight * ce.mean()
         )
         sums = {k: v.detach() for k, v in sums.items()}
         sums["loss_sum"] = loss.detach() * b
@@ -179,37 +182,6 @@ class MultimodalAutoencodingObjective(Objective):
         """Frames of the first clip of the last evaluation beside their reconstruction (once)."""
         images, self._images = self._images, {}
         return images
-
-    @classmethod
-    def check_data(cls, cfg: Any) -> None:
-        """Refuses video shards whose clip geometry or classes do not fit the model, or whose
-        train split is empty (an empty val split only skips validation:
-        `pretrain.train.trainer`)."""
-        from data_pipeline.video.shards import check_video_manifest
-        from pretrain.config import ConfigError
-
-        mc = cfg.model_config()
-        keys = [f"data.mixture[{i}].dir" for i in range(len(cfg.data.mixture))] or ["data.dir"]
-        for key, (_, data_dir, _) in zip(keys, cfg.data.dataset_dirs()):
-            try:
-                check_video_manifest(
-                    data_dir,
-                    num_frames=mc.num_frames,
-                    height=mc.frame_height,
-                    width=mc.frame_width,
-                    samples_per_frame=mc.audio_samples_per_frame,
-                    num_classes=mc.num_classes,
-                    splits=[cfg.data.train_split],
-                )
-            except (FileNotFoundError, ValueError, KeyError) as e:
-                raise ConfigError(f"{key}: {e}") from None
-        if cfg.data.mixture:
-            from data_pipeline.loading.mixtures import check_datasets
-
-            try:
-                check_datasets([data_dir for _, data_dir, _ in cfg.data.dataset_dirs()])
-            except ValueError as e:
-                raise ConfigError(f"data.mixture: {e}") from None
 
 
 def _side_by_side(frames_thw3: torch.Tensor, recon_thw3: torch.Tensor) -> torch.Tensor:

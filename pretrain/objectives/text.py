@@ -1,14 +1,4 @@
-"""Pretraining objectives: how a loader batch becomes a loss and metrics, kept out of the models.
-
-An :class:`Objective` is everything the training loop needs to know about a task:
-
-* ``transform(raw, key)``: the loader's CPU batch -> the model's batch. All randomness (MLM masks)
-  comes from ``key``, unique per (micro-step, rank), so resumed runs see identical batches.
-* ``step(model, batch)``: forward pass -> (mean loss, summed statistics). The sums are all-reduced
-  across ranks and over the logging window, then turned into metrics by ``summarize``.
-* ``num_tokens(batch)``: what ``perf/tokens_per_s`` counts.
-
-Objectives here:
+"""The text objectives (``pretrain.objectives.base.Objective``) over packed token shards:
 
 * ``mlm``: cross-entropy on masked positions only. Only those positions are decoded (the Perceiver
   IO decoder's queries are independent of each other, so this is exact), which removes ~85% of
@@ -16,17 +6,18 @@ Objectives here:
 * ``ar``: next-token cross-entropy on the positions the latents predict (the last
   ``num_latents``); bits per byte = loss / ln 2 for the byte tokenizer.
 
-New objectives register with :func:`register_objective` and name the model types they train.
+Their settings are the ``objective`` section of the config (``pretrain.config.objectives``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from pretrain.objectives.base import Objective
 
 IGNORE = -100
 
@@ -53,74 +44,10 @@ def _sum_ce(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tenso
     return {"loss_sum": loss_sum, "correct": correct, "count": valid.sum()}
 
 
-class Objective:
-    """Base class: subclasses define ``transform``, ``step`` and ``stat_keys``."""
-
-    name: ClassVar[str]
-    model_types: ClassVar[tuple[str, ...]]
-    stat_keys: ClassVar[tuple[str, ...]] = ("loss_sum", "correct", "count")
-
-    def __init__(self, cfg: Any) -> None:
-        self.cfg = cfg
-
-    def transform(self, raw: dict[str, Any], key: int) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def step(self, model: nn.Module, batch: dict[str, torch.Tensor]):
-        raise NotImplementedError
-
-    def num_tokens(self, batch: dict[str, torch.Tensor]) -> int:
-        return batch["input_ids"].numel()
-
-    def num_samples(self, batch: dict[str, torch.Tensor]) -> int:
-        return batch["input_ids"].shape[0]
-
-    def flops_per_sample(self, model_cfg: Any) -> float:
-        """Forward + backward matmul FLOPs of one sample as this objective runs it (for MFU)."""
-        return float(model_cfg.flops_per_sample())
-
-    def summarize(self, sums: dict[str, float], prefix: str) -> dict[str, float]:
-        """Summed statistics -> the metrics users read (loss and accuracy of the counted items)."""
-        count = max(sums["count"], 1.0)
-        return {
-            f"{prefix}/loss": sums["loss_sum"] / count,
-            f"{prefix}/accuracy": sums["correct"] / count,
-        }
-
-    def images(self) -> dict[str, torch.Tensor]:
-        """Images to log after an evaluation (tag -> uint8 [N, H, W, 3]); none by default."""
-        return {}
-
-    @classmethod
-    def check_data(cls, cfg: Any) -> None:
-        """Refuse shards that do not fit the model, before any process starts (ConfigError)."""
-        from data_pipeline.shards.manifest import check_manifest
-        from pretrain.config import ConfigError
-
-        model_cfg = cfg.model_config()
-        keys = [f"data.mixture[{i}].dir" for i in range(len(cfg.data.mixture))] or ["data.dir"]
-        for key, (_, data_dir, _) in zip(keys, cfg.data.dataset_dirs()):
-            try:
-                check_manifest(
-                    data_dir,
-                    seq_len=model_cfg.max_seq_len,
-                    objective=cls.name,
-                    vocab_size=model_cfg.vocab_size,
-                )
-            except (OSError, ValueError) as e:  # OSError: a URL's bucket, credentials, network
-                raise ConfigError(f"{key}: {e}") from None
-        if cfg.data.mixture:
-            from data_pipeline.loading.mixtures import check_datasets
-
-            try:  # one tokenizer and one sample length across the mixture
-                check_datasets([data_dir for _, data_dir, _ in cfg.data.dataset_dirs()])
-            except (FileNotFoundError, ValueError) as e:
-                raise ConfigError(f"data.mixture: {e}") from None
-
-
 class MLMObjective(Objective):
     name = "mlm"
     model_types = ("perceiver_io_mlm",)
+    shard_kind = "text"
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -131,17 +58,13 @@ class MLMObjective(Objective):
         # every dataset of a mixture was checked to share one tokenizer (check_datasets)
         data_dir = cfg.data.dataset_dirs()[0][1]
         tokenizer = tokenizer_from_manifest(data_dir, read_manifest(data_dir))
+        settings = cfg.objective
         self.masker = MLMMasker(
-            tokenizer, mask_prob=cfg.data.mask_prob, seed=cfg.trainer.seed, unit=cfg.data.mask_unit
+            tokenizer, mask_prob=settings.mask_prob, seed=cfg.trainer.seed, unit=settings.mask_unit
         )
 
     def transform(self, raw, key):
         return self.masker(raw["tokens"], key)
-
-    def flops_per_sample(self, model_cfg):
-        # only the masked positions are decoded (see `step`)
-        decoded = max(1, round(self.cfg.data.mask_prob * model_cfg.max_seq_len))
-        return float(model_cfg.flops_per_sample(num_output_positions=decoded))
 
     def step(self, model, batch):
         positions_bk, labels_bk = gather_label_positions(batch["labels"])
@@ -165,6 +88,7 @@ class MLMObjective(Objective):
 class ARObjective(Objective):
     name = "ar"
     model_types = ("perceiver_ar",)
+    shard_kind = "text"
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -187,36 +111,3 @@ class ARObjective(Objective):
         out = super().summarize(sums, prefix)
         out[f"{prefix}/bits_per_byte"] = out[f"{prefix}/loss"] / math.log(2)
         return out
-
-
-OBJECTIVES: dict[str, type[Objective]] = {}
-
-
-def register_objective(cls: type[Objective]) -> type[Objective]:
-    OBJECTIVES[cls.name] = cls
-    return cls
-
-
-for _cls in (MLMObjective, ARObjective):
-    register_objective(_cls)
-
-# Objectives in their own modules register themselves on import.
-from pretrain.glue import objective as _glue_objective  # noqa: E402, F401
-from pretrain.objectives import multimodal as _multimodal_objective  # noqa: E402, F401
-
-
-def objective_for_model(model_type: str) -> str:
-    """The objective that trains ``model_type``."""
-    for name, cls in OBJECTIVES.items():
-        if model_type in cls.model_types:
-            return name
-    raise KeyError(f"no objective trains model type {model_type!r}")
-
-
-def build_objective(cfg: Any) -> Objective:
-    return OBJECTIVES[cfg.objective](cfg)
-
-
-def check_data(cfg: Any) -> None:
-    """Check ``cfg.data`` against the model (raises ConfigError naming the key)."""
-    OBJECTIVES[cfg.objective].check_data(cfg)

@@ -71,5 +71,5 @@ def build_ds_config(
 
 def _model_width(cfg: Config) -> int:
     """The model's widest channel count (its hidden size), for sizing ZeRO's buckets."""
-    widths = [v for k, v in cfg.model.items() if "channels" in k and isinstance(v, int)]
+    widths = [v for k, v in vars(cfg.model).items() if "channels" in k and isinstance(v, int)]
     return max(widths, default=1024)

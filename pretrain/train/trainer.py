@@ -25,7 +25,8 @@ from typing import Any, Literal
 import torch
 
 from pretrain.config import Config, check_inputs, save_config
-from pretrain.objectives.text import Objective, build_objective
+from pretrain.objectives.base import Objective
+from pretrain.objectives.registry import build_objective
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import distributed as dist_utils
 from pretrain.train.metrics import MetricLogger, Throughput, detect_peak_flops, peak_memory_bytes
@@ -144,9 +145,9 @@ def _build_loader(cfg: Config, split: str, shuffle: bool):
     if split == cfg.data.train_split and cfg.model_type in ("perceiver_io_mlm", "perceiver_ar"):
         check_datasets(  # refuses shards the model cannot read, naming model.vocab_size
             [d for _, d, _ in datasets],
-            max_seq_len=cfg.model.get("max_seq_len"),
-            objective=cfg.objective,
-            vocab_size=cfg.model.get("vocab_size"),
+            max_seq_len=cfg.model.max_seq_len,
+            objective=cfg.objective.name,
+            vocab_size=cfg.model.vocab_size,
         )
     if not cfg.data.mixture:
         return build_dataloader(
@@ -324,7 +325,7 @@ def train(
         num_parameters,
     )
 
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     # identical initial weights on every rank; under ZeRO-3 partitioned while they are built
     ds_config = build_ds_config(cfg, env.world_size, device.type == "cuda")
     model = build_for_training(cfg.model_type, model_cfg, t.seed, ds_config).to(device)
@@ -351,7 +352,7 @@ def train(
         engine.compile()  # DeepSpeed's: torch.compile of the module, its ZeRO hooks kept
 
     objective = build_objective(cfg)
-    build_loader = getattr(objective, "build_loader", _build_loader)  # GLUE: in-memory TSVs
+    build_loader = _build_loader if objective.shard_kind else objective.build_loader  # GLUE: TSVs
     train_loader = build_loader(cfg, cfg.data.train_split, cfg.data.shuffle)
     val_loader, no_val = _build_val_loader(cfg, build_loader, env.is_main)
     probes = None

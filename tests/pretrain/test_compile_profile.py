@@ -21,7 +21,7 @@ def shards(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("shards")
     out = {}
     for objective, cfg in (("mlm", "tiny_mlm.yaml"), ("ar", "tiny_ar.yaml")):
-        seq_len = load_config(REPO / "configs" / cfg).model_config().max_seq_len
+        seq_len = load_config(REPO / "configs" / cfg).model.max_seq_len
         out[objective] = root / objective
         prepare_demo_corpus(out[objective], seq_len=seq_len, objective=objective, max_bytes=200_000)
     return out

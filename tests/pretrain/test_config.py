@@ -28,8 +28,9 @@ def test_all_shipped_configs_load():
     assert configs, "no configs shipped"
     for path in configs:
         cfg = load_config(path, ["data.dir=/tmp/x"])
-        assert cfg.model["type"] in MODEL_TYPES, path
-        assert cfg.objective  # some objective trains every shipped model
+        assert isinstance(cfg.model, MODEL_TYPES[cfg.model_type][0]), path
+        assert cfg.model.type == cfg.model_type and cfg.to_dict()["model"]["type"] == cfg.model_type
+        assert cfg.model_type in cfg.objective.model_types  # its objective trains it
 
 
 def test_overrides_are_typed_and_nested():
@@ -46,7 +47,7 @@ def test_overrides_are_typed_and_nested():
     assert cfg.trainer.max_steps == 7
     assert cfg.optimizer.lr == pytest.approx(3e-4)
     assert cfg.trainer.precision == "fp32"
-    assert cfg.model["num_latents"] == 16
+    assert cfg.model.num_latents == 16
     assert cfg.logging.tensorboard is False
 
 
@@ -57,7 +58,11 @@ def test_overrides_are_typed_and_nested():
         ("trainer.max_steps=three", "trainer.max_steps"),
         ("trainer.precision=fp8", "trainer.precision"),
         ("trainer.zero_stage=4", "trainer.zero_stage"),
-        ("data.mask_unit=span", "data.mask_unit"),
+        ("objective.mask_unit=span", "objective.mask_unit"),
+        ("objective.mask_prob=1.5", "objective.mask_prob"),
+        ("objective.mask_probz=0.1", "objective.mask_probz"),
+        ("objective.name=ar", "objective.name"),
+        ("objective.name=nope", "objective.name"),
         ("optimizer.betas=[0.9]", "optimizer.betas"),
         ("model.num_latentz=3", "model.num_latentz"),
         ("model.type=gpt", "model.type"),
@@ -266,3 +271,75 @@ def test_cli_refuses_bad_config_before_work(tmp_path):
     assert proc.returncode == 2
     assert "trainer.max_stepz" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, new_key",
+    [
+        ("data.mask_prob=0.2", "objective.mask_prob"),
+        ("data.mask_unit=token", "objective.mask_unit"),
+    ],
+)
+def test_moved_data_keys_name_their_new_key(override, new_key):
+    with pytest.raises(ConfigError, match=rf"{override.split('=')[0]}: moved; set {new_key}"):
+        config_from_dict(_base(), [override])
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "train_video_queries",
+        "train_audio_queries",
+        "label_mask_prob",
+        "video_loss_weight",
+        "audio_loss_weight",
+        "label_loss_weight",
+    ],
+)
+def test_moved_multimodal_model_keys_name_their_new_key(key):
+    tiny = REPO / "configs" / "multimodal_tiny.yaml"
+    with pytest.raises(ConfigError, match=rf"model\.{key}: moved; set objective\.{key}"):
+        load_config(tiny, ["data.dir=x", f"model.{key}=1"])
+
+
+def test_objective_section_is_typed_with_a_default_per_model():
+    from pretrain.config import ARObjectiveConfig, MLMObjectiveConfig
+
+    cfg = config_from_dict(_base(), ["objective.mask_prob=0.3", "objective.mask_unit=token"])
+    assert isinstance(cfg.objective, MLMObjectiveConfig)
+    assert (cfg.objective.name, cfg.objective.mask_prob, cfg.objective.mask_unit) == (
+        "mlm",
+        0.3,
+        "token",
+    )
+    ar = config_from_dict(_base(model={"preset": "perceiver_ar_tiny"}))
+    assert isinstance(ar.objective, ARObjectiveConfig) and ar.to_dict()["objective"] == {
+        "name": "ar"
+    }
+    tiny = REPO / "configs" / "multimodal_tiny.yaml"
+    with pytest.raises(ConfigError, match="objective.train_audio_queries: must be in"):
+        load_config(tiny, ["data.dir=x", "objective.train_audio_queries=100000"])
+
+
+def test_typed_sections_round_trip_through_yaml(tmp_path):
+    for name in ("demo_mlm.yaml", "multimodal_tiny.yaml", "glue_tiny.yaml", "tiny_ar.yaml"):
+        cfg = load_config(REPO / "configs" / name, ["data.dir=/tmp/x"])
+        save_config(cfg, tmp_path / name)
+        again = load_config(tmp_path / name)
+        assert again == cfg and again.to_yaml() == cfg.to_yaml(), name
+        assert list(cfg.to_dict())[:3] == ["model", "objective", "data"]
+
+
+def test_objective_registry_matches_the_config_sections():
+    """pretrain.objectives and pretrain.config.objectives name the same objectives for the
+    same model types (the config does not import the objectives)."""
+    from pretrain.config import OBJECTIVE_CONFIGS, default_objective
+    from pretrain.objectives.registry import OBJECTIVES, objective_for_model
+
+    assert set(OBJECTIVES) == set(OBJECTIVE_CONFIGS)
+    for name, cls in OBJECTIVES.items():
+        assert cls.model_types == OBJECTIVE_CONFIGS[name].model_types
+    for model_type in MODEL_TYPES:
+        assert objective_for_model(model_type) == default_objective(model_type)
+    kinds = {name: cls.shard_kind for name, cls in OBJECTIVES.items()}
+    assert kinds == {"mlm": "text", "ar": "text", "multimodal_ae": "video", "classification": None}

@@ -111,7 +111,7 @@ def mlm_shards(tmp_path_factory) -> Path:
     from pretrain.config import load_config
 
     out = tmp_path_factory.mktemp("shards") / "mlm"
-    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model_config().max_seq_len
+    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model.max_seq_len
     prepare_demo_corpus(out, seq_len=seq_len, objective="mlm", max_bytes=200_000)
     return out
 

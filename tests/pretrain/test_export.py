@@ -45,7 +45,7 @@ def _train_and_save(rank: int, world: int, out: str) -> None:
             }
         )
         torch.manual_seed(0)
-        model = PerceiverMLM(cfg.model_config())
+        model = PerceiverMLM(cfg.model)
         model.init_weights()
         engine = _build_engine(cfg, model, torch.device("cpu"), world, False)
         gen = torch.Generator().manual_seed(rank)

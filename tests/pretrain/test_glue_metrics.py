@@ -75,7 +75,7 @@ def test_objective_summaries_over_padded_batches(task):
     """ClassificationObjective.step + summarize on batches with padding rows (weight 0)."""
     from types import SimpleNamespace
 
-    from pretrain.glue.objective import ClassificationObjective
+    from pretrain.objectives.classification import ClassificationObjective
 
     spec = TASKS[task]
     cfg = SimpleNamespace(

@@ -283,7 +283,7 @@ def test_real_glue_files(shared_data):
 
 def test_max_eval_examples_cuts_dev_splits_never_submission_files(glue_dir):
     from pretrain.config import config_from_dict
-    from pretrain.glue.objective import load_split
+    from pretrain.glue.data import load_split
 
     cfg = config_from_dict(
         {

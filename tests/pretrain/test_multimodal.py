@@ -26,7 +26,7 @@ TINY = REPO / "configs" / "multimodal_tiny.yaml"
 
 
 def _paper() -> PerceiverMultimodalConfig:
-    return load_config(REPO / "configs" / "kinetics_multimodal.yaml").model_config()
+    return load_config(REPO / "configs" / "kinetics_multimodal.yaml").model
 
 
 def test_paper_preset_has_the_papers_parameter_count():
@@ -65,10 +65,13 @@ def test_paper_preset_matches_hf_parameter_count():
 
 
 def test_tiny_preset_counts_and_flops():
-    cfg = load_config(TINY, ["data.dir=x"]).model_config()
+    cfg = load_config(TINY, ["data.dir=x"]).model
     model = build_model("perceiver_io_multimodal", cfg)
     assert sum(p.numel() for p in model.parameters()) == cfg.num_params()
-    assert cfg.flops_per_sample() > cfg.flops_per_sample(num_video_queries=0, num_audio_queries=0)
+    assert cfg.flops_per_sample() > cfg.flops_per_sample(256, 64)  # default: decode everything
+    assert cfg.flops_per_sample(256, 64) > cfg.flops_per_sample(
+        num_video_queries=0, num_audio_queries=0
+    )
 
 
 def test_position_encodings_golden():
@@ -84,8 +87,10 @@ def test_position_encodings_golden():
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="frame_height"):
         PerceiverMultimodalConfig(frame_height=30)
-    with pytest.raises(ValueError, match="train_audio_queries"):
-        PerceiverMultimodalConfig(num_frames=1, train_audio_queries=1000)
+    with pytest.raises(ConfigError, match="objective.train_audio_queries"):
+        load_config(
+            TINY, ["data.dir=x", "model.num_frames=1", "objective.train_audio_queries=1000"]
+        )
     with pytest.raises(ValueError, match="self_attention_qk_channels"):
         PerceiverMultimodalConfig(self_attention_qk_channels=100)
 
@@ -161,8 +166,6 @@ def test_matches_hf_multimodal_autoencoder():
         num_self_attention_layers_per_block=2,
         decoder_output_channels=24,
         decode_chunk_size=100,
-        train_video_queries=5,
-        train_audio_queries=3,
     )
     model = PerceiverMultimodal(cfg).eval()
     model.load_state_dict(_hf_to_ours(hf.state_dict(), 2))
@@ -192,15 +195,15 @@ def test_matches_hf_multimodal_autoencoder():
 
 
 def _objective(overrides: tuple[str, ...] = ()):
-    from pretrain.objectives.text import build_objective
+    from pretrain.objectives.registry import build_objective
 
     cfg = load_config(TINY, ["data.dir=x", *overrides])
-    assert cfg.objective == "multimodal_ae"
+    assert cfg.objective.name == "multimodal_ae"
     return cfg, build_objective(cfg)
 
 
 def _raw_batch(cfg, b: int = 4) -> dict[str, torch.Tensor]:
-    mc = cfg.model_config()
+    mc = cfg.model
     g = torch.Generator().manual_seed(0)
     return {
         "frames": torch.randint(0, 256, (b, 4, 32, 32, 3), generator=g, dtype=torch.uint8),
@@ -224,11 +227,11 @@ def test_objective_transform_is_a_function_of_the_key():
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert not torch.equal(a["video_query_idx"], c["video_query_idx"])
-    mc = cfg.model_config()
-    assert a["video_query_idx"].shape == (4, mc.train_video_queries)
-    assert a["audio_query_idx"].shape == (4, mc.train_audio_queries)
+    mc, st = cfg.model, cfg.objective
+    assert a["video_query_idx"].shape == (4, st.train_video_queries)
+    assert a["audio_query_idx"].shape == (4, st.train_audio_queries)
     for row in a["video_query_idx"]:  # without replacement, within range
-        assert len(set(row.tolist())) == mc.train_video_queries and row.max() < mc.num_pixels
+        assert len(set(row.tolist())) == st.train_video_queries and row.max() < mc.num_pixels
     masks = torch.cat([objective.transform(raw, k)["label_mask"] for k in range(200)])
     assert 0.4 < masks.float().mean() < 0.6
 
@@ -236,14 +239,14 @@ def test_objective_transform_is_a_function_of_the_key():
 def test_objective_step_train_and_eval():
     cfg, objective = _objective()
     torch.manual_seed(0)
-    model = build_model(cfg.model_type, cfg.model_config())
+    model = build_model(cfg.model_type, cfg.model)
     model.init_weights()
     batch = objective.transform(_raw_batch(cfg), 0)
     loss, sums = objective.step(model, batch)
     assert set(sums) == set(objective.stat_keys)
     loss.backward()
     assert model.latents.grad is not None and loss.item() > 0
-    assert sums["audio_count"] == 3 * cfg.model_config().train_audio_queries * 16  # one mute clip
+    assert sums["audio_count"] == 3 * cfg.objective.train_audio_queries * 16  # one mute clip
     assert sums["count"] == batch["label_mask"].sum()
     metrics = objective.summarize({k: float(v) for k, v in sums.items()}, "train")
     assert math.isfinite(metrics["train/video_psnr"]) and "train/audio_psnr" in metrics
@@ -252,7 +255,7 @@ def test_objective_step_train_and_eval():
     model.eval()
     with torch.no_grad():
         _, sums = objective.step(model, batch)
-    mc = cfg.model_config()
+    mc = cfg.model
     assert sums["video_count"] == 4 * mc.num_pixels * 3 and sums["count"] == 4  # all masked
     images = objective.images()
     assert list(images) == ["val/reconstruction"]
@@ -272,7 +275,7 @@ def test_activation_checkpointing_keeps_loss_and_gradients():
     grads = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = build_model(cfg.model_type, cfg.model_config())
+        model = build_model(cfg.model_type, cfg.model)
         model.init_weights()
         if checkpointing:
             apply_activation_checkpointing(model)
@@ -312,7 +315,7 @@ def tiny_video_shards(tmp_path_factory) -> Path:
 
 
 def test_check_data_refuses_mismatched_clips(tiny_video_shards):
-    from pretrain.objectives.text import check_data
+    from pretrain.objectives.registry import check_data
 
     cfg = load_config(TINY, [f"data.dir={tiny_video_shards}"])
     check_data(cfg)
@@ -421,7 +424,7 @@ def test_video_mixture_trains_and_refuses_mismatched_clips(tiny_video_shards, tm
     import yaml
 
     from data_pipeline.loading.mixtures import check_datasets
-    from pretrain.objectives.text import check_data
+    from pretrain.objectives.registry import check_data
 
     root = tmp_path / "data"
     for name in ("kinetics", "other"):

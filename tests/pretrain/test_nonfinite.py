@@ -35,7 +35,7 @@ def _skip_changes_nothing(rank: int, world: int) -> None:
         weights = []
         for skip in (False, True):
             torch.manual_seed(0)
-            model = PerceiverMLM(cfg.model_config())
+            model = PerceiverMLM(cfg.model)
             model.init_weights()
             engine = _build_engine(cfg, model, torch.device("cpu"), world, False)
 

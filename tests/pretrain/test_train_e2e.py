@@ -26,7 +26,7 @@ def shards(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("shards")
     out = {}
     for objective, cfg in (("mlm", "tiny_mlm.yaml"), ("ar", "tiny_ar.yaml")):
-        seq_len = load_config(REPO / "configs" / cfg).model_config().max_seq_len
+        seq_len = load_config(REPO / "configs" / cfg).model.max_seq_len
         out[objective] = root / objective
         prepare_demo_corpus(out[objective], seq_len=seq_len, objective=objective, max_bytes=400_000)
     return out
@@ -259,7 +259,7 @@ def test_empty_val_split_warns_once_and_trains_without_validation(tmp_path):
     from data_pipeline.cli import prepare_demo_corpus
     from pretrain.config import load_config
 
-    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model_config().max_seq_len
+    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model.max_seq_len
     data = tmp_path / "data"
     prepare_demo_corpus(data, seq_len=seq_len, max_bytes=60_000, val_fraction=0.0)
     run = tmp_path / "run"

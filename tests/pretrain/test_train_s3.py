@@ -23,7 +23,7 @@ def demo(s3_server, tmp_path_factory) -> dict[str, str]:
     from data_pipeline.cli import prepare_demo_corpus
     from pretrain.config import load_config
 
-    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model_config().max_seq_len
+    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model.max_seq_len
     local = tmp_path_factory.mktemp("local") / "mlm"
     url = s3_server.bucket("train-data") + "/demo/mlm"
     for out in (local, url):

@@ -35,7 +35,7 @@ def _build_partitioned(rank: int, world: int, out: str) -> None:
     deepspeed.init_distributed("gloo")  # joins this process group (as the trainer does)
     cfg = _config(3)
     ds_config = build_ds_config(cfg, world, False)
-    model = build_for_training(cfg.model_type, cfg.model_config(), 0, ds_config)
+    model = build_for_training(cfg.model_type, cfg.model, 0, ds_config)
     total = num_parameters(model)
     held = sum(p.numel() for p in model.parameters())  # what this rank's tensors hold now
     partition = sum(p.ds_tensor.numel() for p in model.parameters())
@@ -50,12 +50,12 @@ def test_zero3_builds_partitioned_with_the_weights_of_a_whole_build(tmp_path) ->
     from pretrain.train.parallelize import build_for_training, num_parameters
 
     cfg = _config(0)
-    whole = build_for_training(cfg.model_type, cfg.model_config(), 0)
+    whole = build_for_training(cfg.model_type, cfg.model, 0)
     expected = dict(whole.named_parameters())
     for world in (1, 2):
         run_distributed(_build_partitioned, world, (str(tmp_path),))
         saved = torch.load(tmp_path / f"world{world}.pt")
-        assert saved["total"] == num_parameters(whole) == cfg.model_config().num_params()
+        assert saved["total"] == num_parameters(whole) == cfg.model.num_params()
         assert saved["weights"].keys() == expected.keys()
         for name, value in saved["weights"].items():
             assert torch.equal(value, expected[name]), (world, name)

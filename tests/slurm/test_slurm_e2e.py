@@ -55,7 +55,7 @@ def shards(tmp_path_factory, slurm_cluster) -> Path:
     from pretrain.config import load_config
 
     out = tmp_path_factory.mktemp("slurm_shards") / "mlm"
-    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model_config().max_seq_len
+    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model.max_seq_len
     prepare_demo_corpus(out, seq_len=seq_len, objective="mlm", max_bytes=400_000)
     return out
 
