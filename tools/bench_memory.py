@@ -168,15 +168,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--set", action="append", default=[], help="model field=value")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows here")
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=None,
+        help="run the ranks with glibc's MALLOC_MMAP_THRESHOLD_ fixed at this many bytes: freed "
+        "large buffers go back to the OS at once instead of staying resident (see "
+        "docs/benchmarks.md)",
+    )
     args = parser.parse_args(argv)
     model = model_config(args)
+    if args.mmap_threshold is not None:  # read by glibc when each spawned rank starts
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     results = []
     for world in (int(w) for w in args.worlds.split(",")):
         for stage in (int(s) for s in args.stages.split(",")):
             results.append(run_case(stage, world, model, args.batch))
             print(results[-1], flush=True)
     print(f"\n$ python tools/bench_memory.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"model {model}, {results[0]['params']:,} parameters, fp32 AdamW, CPU, gloo\n")
+    allocator = os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default")
+    print(f"model {model}, {results[0]['params']:,} parameters, fp32 AdamW, CPU, gloo")
+    print(f"MALLOC_MMAP_THRESHOLD_: {allocator}\n")
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
