@@ -1,19 +1,26 @@
-"""The ``perceiver`` command: thin wrappers that parse, build and run.
+"""``perceiver train``, and the ``perceiver`` commands that need no scheduler.
 
 perceiver train CONFIG [key.sub=value ...] [--dry-run] [--nproc-per-node N]  (in any order)
-perceiver data prepare|inspect ...
-perceiver demo [--out DIR]
+
+The console script is the root module ``perceiver_cli`` (every command, Slurm's included).
+``python -m pretrain.cli`` is the same minus ``submit``, ``status`` and ``glue --slurm``: it is
+what ``torchrun -m pretrain.cli train`` and the local launcher start on every rank.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from data_pipeline.cli import add_data_subcommands
+from data_pipeline.files import atomic_write_json
 from pretrain.config import Config, ConfigError, check_inputs, load_config
+from pretrain.demo import add_demo_subcommand
+from pretrain.export_cli import add_export_subcommands
+from pretrain.glue.cli import add_glue_subcommand
+from pretrain.inference.cli import add_inference_subcommands
 from pretrain.train.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopSignal
 
 
@@ -82,10 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("perceiver: stopped at once (second Ctrl-C), without a checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
     if int(os.environ.get("RANK", "0")) == 0:
-        path = Path(result.run_dir) / "summary.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
-        tmp.replace(path)
+        atomic_write_json(Path(result.run_dir) / "summary.json", result.to_dict())
         print(f"{result.status} at step {result.state.step}; checkpoint: {result.checkpoint}")
     # No rank exits before the summary is written: a non-zero exit makes `srun
     # --kill-on-bad-exit` (and the local launcher) end the other ranks.
@@ -93,10 +97,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_PREEMPTED if result.status == "preempted" else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="perceiver", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """The bare ``perceiver`` parser and its subcommands, for the groups to register on."""
+    description = "The ``perceiver`` command: thin wrappers that parse, build and run."
+    parser = argparse.ArgumentParser(prog="perceiver", description=description)
+    return parser, parser.add_subparsers(dest="command", required=True)
 
+
+def add_train_subcommand(sub: argparse._SubParsersAction) -> None:
+    """Register ``train`` on the ``perceiver`` parser."""
     p = sub.add_parser("train", help="pretrain a model described by a YAML config")
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=100")
@@ -105,28 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and stop early")
     p.set_defaults(func=cmd_train)
 
-    from data_pipeline.cli import add_data_subcommands
 
+def add_data_command(sub: argparse._SubParsersAction) -> None:
+    """Register ``data`` (``data_pipeline.cli``'s subcommands) on the ``perceiver`` parser."""
     data = sub.add_parser("data", help="build and inspect datasets")
     add_data_subcommands(data.add_subparsers(dest="data_command", required=True))
 
-    from pretrain.demo import add_demo_subcommand
 
+def build_parser() -> argparse.ArgumentParser:
+    """``perceiver`` without the Slurm commands (``perceiver_cli.build_parser`` has them all)."""
+    parser, sub = new_parser()
+    add_train_subcommand(sub)
+    add_data_command(sub)
     add_demo_subcommand(sub)
-    from slurm.cli import add_slurm_subcommands
-
-    add_slurm_subcommands(sub)
-    from pretrain.glue.cli import add_glue_subcommands  # export, import-hf, glue
-
-    add_glue_subcommands(sub)
-    from pretrain.inference.cli import add_inference_subcommands  # generate, fill-mask, eval
-
+    add_export_subcommands(sub)
+    add_glue_subcommand(sub)
     add_inference_subcommands(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` with ``parser`` and run the chosen command; a config error is one line."""
     args, extra = parser.parse_known_args(argv)
     # argparse fills a `nargs="*"` positional from the first run of positionals only, so
     # overrides after a flag (`train CFG --nproc-per-node 2 key=val`) arrive here
@@ -140,6 +148,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+SLURM_COMMANDS = ("submit", "status")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pretrain.cli ...``: refuses the Slurm commands, naming ``perceiver``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in SLURM_COMMANDS or (command == "glue" and "--slurm" in argv):
+        what = f"{command} --slurm" if command == "glue" else command
+        parser.error(
+            f"`{what}` needs Slurm, which `python -m pretrain.cli` leaves out: "
+            f"run `perceiver {what} ...` (or `python -m perceiver_cli {what} ...`)"
+        )
+    return run(parser, argv)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from data_pipeline.files import atomic_write_json
 from pretrain.train import checkpoint as ckpt
 
 NATIVE_FORMAT = "perceiver-pretrain"
@@ -315,9 +316,7 @@ def write_native(pretrained: Pretrained, output: str | Path, dtype: str = "fp32"
         "num_params": sum(v.numel() for v in tensors.values()),
         "source": pretrained.source,
     }
-    tmp = output / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(output / CONFIG_NAME)
+    atomic_write_json(output / CONFIG_NAME, meta)
     return output
 
 

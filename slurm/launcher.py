@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import os
 import re
 import shlex
@@ -37,6 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.files import atomic_write_json
+from data_pipeline.loading.dataset import DIST_VARS
 from pretrain.config import Config, load_config, save_config
 from slurm import lifecycle
 from slurm.cluster import (
@@ -51,14 +52,7 @@ from slurm.cluster import (
 
 # Variables a submitting shell may carry (e.g. from inside another job) that would override what
 # each task derives from Slurm.
-_INHERITED_DIST_VARS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-)
+INHERITED_DIST_VARS = (*DIST_VARS, "MASTER_ADDR", "MASTER_PORT")
 DEFAULT_TIME = "24:00:00"
 
 
@@ -97,12 +91,6 @@ def summarize_result(result: Any, environ: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 class TrainJob:
     """The submitit callable: ``__call__`` runs on every task of the job.
 
@@ -133,7 +121,7 @@ class TrainJob:
             result = train(cfg, stopper=stopper)
             summary = summarize_result(result, os.environ)
             if env.is_main:
-                _write_json_atomic(Path(cfg.trainer.run_dir) / lifecycle.SUMMARY_FILE, summary)
+                atomic_write_json(Path(cfg.trainer.run_dir) / lifecycle.SUMMARY_FILE, summary)
                 print(f"{result.status} at step {result.state.step}; {result.checkpoint}")
         finally:
             dist_utils.destroy()
@@ -238,7 +226,7 @@ def hook_lines(python: str, target: list[str]) -> tuple[list[str], list[str]]:
     """
     where = " ".join(shlex.quote(t) for t in target)
     setup = [
-        f"unset {' '.join(_INHERITED_DIST_VARS)}",
+        f"unset {' '.join(INHERITED_DIST_VARS)}",
         f"export PYTHONPATH={shlex.quote(_python_path_root())}${{PYTHONPATH:+:$PYTHONPATH}}",
         f"{python} -m slurm.lifecycle start {where} || exit 1",
     ]
@@ -426,9 +414,7 @@ def submit_array(
         notes.append("# grid points:\n" + "\n".join(f"#   {' '.join(p)}" for p in points))
         return Submission(None, folder, run_dirs, script, request, len(cfgs), notes)
     folder.mkdir(parents=True, exist_ok=True)
-    sweep_file.write_text(
-        json.dumps({"run_dirs": [str(d) for d in run_dirs], "points": points}, indent=2)
-    )
+    atomic_write_json(sweep_file, {"run_dirs": [str(d) for d in run_dirs], "points": points})
     for cfg in cfgs:
         _snapshot(cfg)
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=base.trainer.max_requeues)

@@ -77,7 +77,7 @@ def run_perceiver(
     """Run the ``perceiver`` CLI in a subprocess; fail the test with its output on error."""
     full_env = clean_env(env)
     proc = subprocess.run(
-        [sys.executable, "-m", "pretrain.cli", *args],
+        [sys.executable, "-m", "perceiver_cli", *args],
         cwd=cwd or REPO,
         env=full_env,
         capture_output=True,

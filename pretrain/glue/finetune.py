@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import yaml
 
+from data_pipeline.files import atomic_write_json
 from pretrain.config import CONFIG_ROOT, Config, ConfigError, config_from_dict, load_config
 from pretrain.glue import metrics as M
 from pretrain.glue import results as R
@@ -292,7 +293,7 @@ def evaluate_run(run_dir: str | Path, predict_test: bool = True) -> dict[str, An
         "dev_predictions": dev_predictions,
         "test_predictions": test_predictions,
     }
-    (run_dir / EVAL_FILE).write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(run_dir / EVAL_FILE, result)  # read back by collect (cached)
     return result
 
 

@@ -1,5 +1,5 @@
-"""``perceiver generate``, ``perceiver fill-mask`` and ``perceiver eval`` (registered in
-``pretrain.cli`` by :func:`add_inference_subcommands`).
+"""``perceiver generate``, ``perceiver fill-mask`` and ``perceiver eval`` (registered by
+:func:`add_inference_subcommands`).
 
     perceiver generate RUN [--checkpoint STEP] --prompt TEXT [--max-new-tokens N]
         [--temperature T] [--top-k K] [--top-p P] [--seed S]

@@ -39,7 +39,7 @@ def glue(source: Path, glue_dir: Path, out: Path, tasks: str, *extra: str):
     """``perceiver glue`` in a subprocess; returns the finished process (any exit code)."""
     args = ["glue", "--checkpoint", str(source), "--glue-dir", str(glue_dir), "--out", str(out)]
     return subprocess.run(
-        [sys.executable, "-m", "pretrain.cli", *args, "--tasks", tasks, *FAST, *extra],
+        [sys.executable, "-m", "perceiver_cli", *args, "--tasks", tasks, *FAST, *extra],
         cwd=REPO,
         env=clean_env(),
         capture_output=True,

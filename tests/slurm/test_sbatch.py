@@ -61,8 +61,12 @@ def test_sbatch_for_a_multi_node_gpu_job(tmp_path):
     ]
     body = text[text.index("# setup") :]
     run_dir = shlex.quote(str(tmp_path / "run"))
+    unset = next(line for line in body.splitlines() if line.startswith("unset "))
+    assert sorted(unset.split()[1:]) == sorted(
+        ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+    )
     expected_order = [
-        "unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE MASTER_ADDR MASTER_PORT",
+        unset,
         f"export PYTHONPATH={REPO}${{PYTHONPATH:+:$PYTHONPATH}}",
         f"{PY} -m slurm.lifecycle start --run-dir {run_dir} || exit 1",
         "export SUBMITIT_EXECUTOR=slurm",
@@ -111,7 +115,7 @@ def test_template_is_valid_bash_running_srun_perceiver_train():
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pretrain.cli", *args],
+        [sys.executable, "-m", "perceiver_cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -147,7 +151,7 @@ def test_cli_dry_run_prints_the_script(tmp_path):
 
 def _main(capsys, *args: str) -> tuple[int, str, str]:
     """``perceiver submit|status`` in this process (the functions the CLI calls)."""
-    from slurm.cli import main
+    from perceiver_cli import main
 
     code = main(list(args))
     out = capsys.readouterr()

@@ -65,7 +65,7 @@ def _submit(data_dir: Path, run_dir: Path, max_steps: int = MAX_STEPS) -> str:
         [
             sys.executable,
             "-m",
-            "pretrain.cli",
+            "perceiver_cli",
             "submit",
             str(REPO / "configs" / "tiny_mlm.yaml"),
             f"data.dir={data_dir}",
@@ -174,7 +174,7 @@ def test_submit_preempted_twice_resumes_exactly(shards, reference, tmp_path):
     assert {r["step"]: r["train/loss"] for r in rows} == ref  # bit-identical, every step
 
     status = json.loads(
-        run([sys.executable, "-m", "pretrain.cli", "status", str(run_dir), "--json"]).stdout
+        run([sys.executable, "-m", "perceiver_cli", "status", str(run_dir), "--json"]).stdout
     )
     assert status["job_state"] == "COMPLETED" and status["requeues"] == 2
     assert status["last_step"] == MAX_STEPS and status["last_checkpoint_step"] == MAX_STEPS
