@@ -8,10 +8,11 @@
     perceiver data prepare ... --tokenizer spm:spm/c4_32k.model
     perceiver data inspect DIR [--samples 3] [--json]     # text or video (prepare-video) shards
 
-`pretrain/cli.py` registers these on its `data` command with `add_data_subcommands(subparsers)`;
-each subcommand sets `func`, a function of the parsed arguments returning an exit code.
-`python -m data_pipeline.cli data ...` runs them without the rest of the project. The work is
-done elsewhere: `shards.prepare`, `tokenization.spm_train`, `inspection`, `video.cli`.
+The console script (`perceiver_cli.py`, through `pretrain/cli.py`) registers these on its `data`
+command with `add_data_subcommands(subparsers)`; each subcommand sets `func`, a function of the
+parsed arguments returning an exit code. `main(argv)` runs them in-process without the rest of
+the project (tests use it). The work is done elsewhere: `shards.prepare`,
+`tokenization.spm_train`, `inspection`, `video.cli`.
 """
 
 from __future__ import annotations
@@ -299,6 +300,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.func(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

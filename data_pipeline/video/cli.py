@@ -6,14 +6,13 @@
         --num-frames 16 --fps 25 --size 224 --sample-rate 48000 --frames-format raw
 
 `data_pipeline/cli.py` registers it with `add_prepare_video_subcommand(subparsers)`;
-`python -m data_pipeline.video.cli ...` runs it alone (arguments as after `prepare-video`).
+`main(argv)` runs it in-process (arguments as after `prepare-video`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -148,6 +147,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_arguments(parser)
     return run_prepare_video(parser.parse_args(argv))
 
-
-if __name__ == "__main__":
-    sys.exit(main())
