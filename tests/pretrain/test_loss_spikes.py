@@ -21,11 +21,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 
 SEQ_LEN = 128  # the issue's runs; the three C4 samples give ~400 samples of 128 bytes
 STEPS = 40  # the old collapses came at steps 18-26, after the 5 warmup steps
-# How far any step's loss may rise above the minimum of the steps before it (nats). An ordinary
-# but harder batch (a block of capitals, a table of numbers) costs up to 1.2 nats here, with the
-# old settings and the new alike; the old settings' collapses (accuracy 0, loss above log(262)
-# for 1-5 steps) rose 6.4 (AR) and 14.5 (MLM). docs/benchmarks.md has every run.
-MARGIN = 2.0
+# How far any step's loss may rise above the minimum of the steps before it (nats). No measured
+# run that did not collapse rose more than 1.97 (a batch with a block of capitals, new settings,
+# another seed); the old settings' collapses (accuracy 0, loss above log(262) for 1-5 steps) rose
+# 6.4 (AR) and 14.5 (MLM) in these two runs. docs/benchmarks.md has every run.
+MARGIN = 3.0
 
 
 def _prepare(c4: Path, out: Path, objective: str, prepare_args: tuple[str, ...]) -> Path:
