@@ -27,8 +27,10 @@ demo-video: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
+# ruff, then the import structure: no cycles, no import against data_pipeline -> pretrain -> slurm.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/python tools/check_imports.py
 
 # One-shot check of the CUDA path on a GPU (tools/gpu_check.py; `--device cpu` runs it tiny).
 gpu-check: $(STAMP)
