@@ -73,10 +73,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             argv += ["--stop-at-step", str(args.stop_at_step)]
         return dist_utils.spawn_local(argv, args.nproc_per_node)
 
+    from pretrain.glue.probes import probe_hooks
     from pretrain.train.trainer import train
 
     try:
-        result = train(cfg, stop_at_step=args.stop_at_step, stopper=stopper)
+        submit = None
+        if cfg.probes.every and cfg.probes.mode == "slurm":  # moves to the root CLI (perceiver_cli)
+            from slurm.probes import probe_submitter
+
+            submit = probe_submitter(cfg)
+        hooks = probe_hooks(cfg, rank == "0", submit)
+        result = train(cfg, hooks=hooks, stop_at_step=args.stop_at_step, stopper=stopper)
     except KeyboardInterrupt:
         print("perceiver: stopped at once (second Ctrl-C), without a checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED

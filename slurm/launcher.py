@@ -126,11 +126,15 @@ class TrainJob:
             # After a requeue the run continues from its own newest checkpoint, whatever the
             # first start resumed from (a fine-tuning source, or none).
             cfg.checkpoint.resume = "auto"
+        from pretrain.glue.probes import probe_hooks
         from pretrain.train import distributed as dist_utils
         from pretrain.train.trainer import train
+        from slurm.probes import probe_submitter
 
         try:
-            result = train(cfg, stopper=stopper)
+            submit = probe_submitter(cfg) if cfg.probes.mode == "slurm" else None
+            hooks = probe_hooks(cfg, env.is_main, submit)
+            result = train(cfg, hooks=hooks, stopper=stopper)
             summary = summarize_result(result, os.environ)
             if env.is_main:
                 _write_json_atomic(Path(cfg.trainer.run_dir) / lifecycle.SUMMARY_FILE, summary)

@@ -45,6 +45,7 @@ class MultimodalAutoencodingObjective(Objective):
 
     name = "multimodal_ae"
     model_types = ("perceiver_io_multimodal",)
+    shard_kind = "video"
     stat_keys = (
         "loss_sum",
         "samples",

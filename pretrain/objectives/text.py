@@ -59,9 +59,19 @@ class Objective:
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     stat_keys: ClassVar[tuple[str, ...]] = ("loss_sum", "correct", "count")
+    # What the shards it reads hold ("text", "video"); None: it reads no shards (build_loader).
+    shard_kind: ClassVar[str | None] = None
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+
+    def build_loader(self, cfg: Any, split: str, shuffle: bool) -> Any:
+        """This objective's own loader of ``split``, or None for the trainer's.
+
+        Shard-backed objectives use the trainer's streaming loader over the MDS shards (None
+        here); GLUE's classification objective overrides this to read its task files.
+        """
+        return None
 
     def transform(self, raw: dict[str, Any], key: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -121,6 +131,7 @@ class Objective:
 class MLMObjective(Objective):
     name = "mlm"
     model_types = ("perceiver_io_mlm",)
+    shard_kind = "text"
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
@@ -165,6 +176,7 @@ class MLMObjective(Objective):
 class ARObjective(Objective):
     name = "ar"
     model_types = ("perceiver_ar",)
+    shard_kind = "text"
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)

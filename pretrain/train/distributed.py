@@ -245,6 +245,21 @@ def all_reduce_max_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def any_rank(flag: torch.Tensor) -> bool:
+    """True on every rank if ``flag`` (a 0-d tensor, 1 = set) is set on any rank (one sync)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over ranks (float64; every rank passes the same number of values)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
