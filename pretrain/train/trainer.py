@@ -149,11 +149,9 @@ class Trainer:
         # What to resume from; written by another number of ranks, it is resharded through a
         # universal checkpoint, which the engine must be built to load.
         resume_path = ckpt.select_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
+        partitions = ckpt.saved_partitions(resume_path) if resume_path is not None else 0
         universal = None
-        if resume_path is not None and ckpt.saved_partitions(resume_path) not in (
-            0,
-            env.world_size,
-        ):
+        if partitions not in (0, env.world_size):
             universal = ckpt.ensure_universal(resume_path, env.is_main)
         self.engine, num_params = build_training_engine(
             cfg,
