@@ -4,15 +4,20 @@ perceiver train CONFIG [key.sub=value ...] [--dry-run] [--nproc-per-node N]  (in
 
 The console script is the root module ``perceiver_cli`` (every command, Slurm's included).
 ``python -m pretrain.cli`` is the same minus ``submit``, ``status`` and ``glue --slurm``: it is
-what ``torchrun -m pretrain.cli train`` and the local launcher start on every rank.
+what ``torchrun -m pretrain.cli train`` starts on every rank. It cannot submit
+``probes.mode=slurm`` probes (that needs ``slurm``): ``perceiver train`` and
+``python -m perceiver_cli train`` can.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from data_pipeline.cli import add_data_subcommands
 from data_pipeline.files import atomic_write_json
@@ -22,6 +27,9 @@ from pretrain.export_cli import add_export_subcommands
 from pretrain.glue.cli import add_glue_subcommand
 from pretrain.inference.cli import add_inference_subcommands
 from pretrain.train.signals import EXIT_INTERRUPTED, EXIT_PREEMPTED, StopSignal
+
+if TYPE_CHECKING:
+    from pretrain.glue.probes import Submitter
 
 
 def _describe(cfg: Config, world_size: int) -> str:
@@ -49,7 +57,19 @@ def _describe(cfg: Config, world_size: int) -> str:
     return "\n".join(lines)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(
+    args: argparse.Namespace,
+    probe_submitter: Callable[[Config], Submitter] | None = None,
+    module: str = "pretrain.cli",
+) -> int:
+    """``perceiver train``: check, then spawn ranks or train in this process.
+
+    Args:
+        probe_submitter: Builds what starts ``probes.mode=slurm`` probes as Slurm jobs (the
+            console script passes ``slurm.probes.probe_submitter``; ``pretrain`` knows no Slurm).
+        module: What ``--nproc-per-node`` ranks run (``python -m MODULE train ...``), so that
+            they are launched the way this process was and get the same ``probe_submitter``.
+    """
     try:
         cfg = load_config(args.config, args.overrides)
         check_inputs(cfg)  # data, resume and init_from paths: before any rank or file exists
@@ -79,12 +99,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv = ["train", args.config, *args.overrides]
         if args.stop_at_step is not None:
             argv += ["--stop-at-step", str(args.stop_at_step)]
-        return dist_utils.spawn_local(argv, args.nproc_per_node)
+        return dist_utils.spawn_local(argv, args.nproc_per_node, module=module)
 
+    from pretrain.glue.probes import probe_hooks
     from pretrain.train.trainer import train
 
     try:
-        result = train(cfg, stop_at_step=args.stop_at_step, stopper=stopper)
+        slurm_probes = cfg.probes.every and cfg.probes.mode == "slurm"
+        submit = probe_submitter(cfg) if slurm_probes and probe_submitter else None
+        hooks = probe_hooks(cfg, rank == "0", submit)
+        result = train(cfg, hooks=hooks, stop_at_step=args.stop_at_step, stopper=stopper)
     except KeyboardInterrupt:
         print("perceiver: stopped at once (second Ctrl-C), without a checkpoint", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -104,15 +128,20 @@ def new_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     return parser, parser.add_subparsers(dest="command", required=True)
 
 
-def add_train_subcommand(sub: argparse._SubParsersAction) -> None:
-    """Register ``train`` on the ``perceiver`` parser."""
+def add_train_subcommand(
+    sub: argparse._SubParsersAction,
+    probe_submitter: Callable[[Config], Submitter] | None = None,
+    module: str = "pretrain.cli",
+) -> None:
+    """Register ``train`` on the ``perceiver`` parser (arguments: see :func:`cmd_train`)."""
     p = sub.add_parser("train", help="pretrain a model described by a YAML config")
     p.add_argument("config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=100")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--nproc-per-node", type=int, default=0, help="spawn N local ranks")
     p.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and stop early")
-    p.set_defaults(func=cmd_train)
+    train = functools.partial(cmd_train, probe_submitter=probe_submitter, module=module)
+    p.set_defaults(func=train)
 
 
 def add_data_command(sub: argparse._SubParsersAction) -> None:

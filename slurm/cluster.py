@@ -371,3 +371,30 @@ def validate_request(request: JobRequest, cluster: ClusterInfo) -> JobRequest:
     if errors:
         raise SubmitError("\n".join(errors))
     return replace(request, partition=name)
+
+
+def executor_parameters(request: JobRequest, hooks: tuple[list[str], list[str]]) -> dict[str, Any]:
+    """``SlurmExecutor.update_parameters`` arguments for ``request`` (validated beforehand)."""
+    params: dict[str, Any] = {
+        "job_name": request.job_name,
+        "nodes": request.nodes,
+        "ntasks_per_node": request.ntasks_per_node,
+        "time": request.time_minutes,
+        "signal_delay_s": request.signal_delay_s,
+        "setup": hooks[0],
+        "teardown": hooks[1],
+        "srun_args": ["--kill-on-bad-exit=1"],
+        "additional_parameters": {"requeue": True},
+    }
+    optional = {
+        "gpus_per_node": request.gpus_per_node or None,
+        "cpus_per_task": request.cpus_per_task,
+        "mem": request.mem,
+        "partition": request.partition,
+        "account": request.account,
+        "qos": request.qos,
+        "constraint": request.constraint,
+        "exclude": request.exclude,
+    }
+    params.update({k: v for k, v in optional.items() if v is not None})
+    return params

@@ -45,6 +45,7 @@ from slurm.cluster import (
     SlurmUnavailable,
     SubmitError,
     check_against_config,
+    executor_parameters,
     format_minutes,
     query_cluster,
     validate_request,
@@ -114,11 +115,15 @@ class TrainJob:
             # After a requeue the run continues from its own newest checkpoint, whatever the
             # first start resumed from (a fine-tuning source, or none).
             cfg.checkpoint.resume = "auto"
+        from pretrain.glue.probes import probe_hooks
         from pretrain.train import distributed as dist_utils
         from pretrain.train.trainer import train
+        from slurm.probes import probe_submitter
 
         try:
-            result = train(cfg, stopper=stopper)
+            submit = probe_submitter(cfg) if cfg.probes.mode == "slurm" else None
+            hooks = probe_hooks(cfg, env.is_main, submit)
+            result = train(cfg, hooks=hooks, stopper=stopper)
             summary = summarize_result(result, os.environ)
             if env.is_main:
                 atomic_write_json(Path(cfg.trainer.run_dir) / lifecycle.SUMMARY_FILE, summary)
@@ -235,33 +240,6 @@ def hook_lines(python: str, target: list[str]) -> tuple[list[str], list[str]]:
         f"{python} -m slurm.lifecycle end {where} --exit-code $PERCEIVER_EXIT",
     ]
     return setup, teardown
-
-
-def executor_parameters(request: JobRequest, hooks: tuple[list[str], list[str]]) -> dict[str, Any]:
-    """``SlurmExecutor.update_parameters`` arguments for ``request`` (validated beforehand)."""
-    params: dict[str, Any] = {
-        "job_name": request.job_name,
-        "nodes": request.nodes,
-        "ntasks_per_node": request.ntasks_per_node,
-        "time": request.time_minutes,
-        "signal_delay_s": request.signal_delay_s,
-        "setup": hooks[0],
-        "teardown": hooks[1],
-        "srun_args": ["--kill-on-bad-exit=1"],
-        "additional_parameters": {"requeue": True},
-    }
-    optional = {
-        "gpus_per_node": request.gpus_per_node or None,
-        "cpus_per_task": request.cpus_per_task,
-        "mem": request.mem,
-        "partition": request.partition,
-        "account": request.account,
-        "qos": request.qos,
-        "constraint": request.constraint,
-        "exclude": request.exclude,
-    }
-    params.update({k: v for k, v in optional.items() if v is not None})
-    return params
 
 
 def submitit_command(python: str, folder: Path) -> str:

@@ -2,7 +2,7 @@
 
 Each case starts its ranks (gloo, CPU), builds the model the way the trainer does
 (`pretrain.train.parallelize.build_for_training`: partitioned while it is built under ZeRO-3), wraps
-it in the trainer's DeepSpeed engine (`pretrain.train.trainer._build_engine`), runs two AdamW steps
+it in the trainer's DeepSpeed engine (`pretrain.train.engine.build_engine`), runs two AdamW steps
 and reports, per rank (the largest over the ranks):
 
 * model-state memory: the bytes of every tensor alive in the process (parameters, gradients,
@@ -77,8 +77,8 @@ def measure_rank(rank: int, world: int, stage: int, model: dict, batch: int, out
 
     from pretrain.config import config_from_dict
     from pretrain.train.ds_config import build_ds_config
+    from pretrain.train.engine import build_engine
     from pretrain.train.parallelize import build_for_training, num_parameters
-    from pretrain.train.trainer import _build_engine
 
     deepspeed.init_distributed("gloo")
     cfg = config_from_dict(
@@ -93,7 +93,7 @@ def measure_rank(rank: int, world: int, stage: int, model: dict, batch: int, out
     ds_config = build_ds_config(cfg, world, False)
     net = build_for_training(cfg.model_type, cfg.model, 0, ds_config)
     params = num_parameters(net)
-    engine = _build_engine(cfg, net, torch.device("cpu"), world, False)
+    engine = build_engine(cfg, net, torch.device("cpu"), world, False)
     seq, vocab = cfg.model.max_seq_len, cfg.model.vocab_size
     gen = torch.Generator().manual_seed(rank)
     state = 0

@@ -58,8 +58,8 @@ from pretrain.config import CONFIG_ROOT, Config, load_config  # noqa: E402
 from pretrain.models.hf_interop import hf_config, to_hf_state_dict  # noqa: E402
 from pretrain.models.perceiver_io import PerceiverMLM  # noqa: E402
 from pretrain.objectives.text import IGNORE, _sum_ce, gather_label_positions  # noqa: E402
+from pretrain.train.evaluate import VAL_KEY_OFFSET  # noqa: E402
 from pretrain.train.optim import build_optimizer, build_scheduler  # noqa: E402
-from pretrain.train.trainer import VAL_KEY_OFFSET  # noqa: E402
 
 Batch = dict[str, torch.Tensor]
 LogitsFn = Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor]

@@ -253,7 +253,7 @@ def init_single_process_group(device: torch.device) -> None:
 def check_zero(device, tiny, stage: int, bf16: bool) -> Check:
     """Three steps of the MLM through the trainer's own DeepSpeed engine builder."""
     from pretrain.config import config_from_dict
-    from pretrain.train.trainer import _build_engine
+    from pretrain.train.engine import build_engine
 
     init_single_process_group(device)
     cfg = config_from_dict(
@@ -272,7 +272,7 @@ def check_zero(device, tiny, stage: int, bf16: bool) -> Check:
     model = make_model("mlm", tiny, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    engine = _build_engine(cfg, model, device, 1, False)
+    engine = build_engine(cfg, model, device, 1, False)
     batch = mlm_batch(model, 2, device)
     losses = []
     for _ in range(3):

@@ -1,7 +1,8 @@
 """GLUE probes during pretraining: a short fine-tune of the current weights every N steps.
 
-Configured by the ``probes`` section (``pretrain.config.ProbesConfig``); the trainer calls
-:meth:`ProbeRunner.run` after every ``probes.every``-th step (after that step's checkpoint):
+Configured by the ``probes`` section (``pretrain.config.ProbesConfig``). Whoever launches training
+builds the hook with :func:`probe_hooks` and passes it to ``pretrain.train.trainer.train``;
+:class:`GlueProbes` acts after every ``probes.every``-th step (after that step's checkpoint):
 
 1. Snapshot: the current weights are gathered (a collective under ZeRO-3, where parameters are
    partitioned; DeepSpeed-bf16 runs snapshot the bf16 weights their forward pass uses) and rank 0
@@ -10,6 +11,8 @@ Configured by the ``probes`` section (``pretrain.config.ProbesConfig``); the tra
    ``probes.max_steps`` steps, in a child process (``mode: inline``: the training ranks wait for
    it) or as a one-task Slurm job that does not block training (``mode: slurm``, resources from
    ``probes.slurm``). The child does not inherit the training job's rank or Slurm variables.
+   Slurm submission is handed in by the launcher (``slurm.probes.probe_submitter``): this package
+   does not import ``slurm``.
 3. Report: the child writes ``glue/<task>/<metric>`` (percent) at the pretraining step into
    ``<run_dir>/tensorboard`` (its own event file beside the trainer's, so TensorBoard shows them in
    the same run), appends them to ``<run_dir>/probes/results.jsonl`` and leaves its full results
@@ -17,7 +20,8 @@ Configured by the ``probes`` section (``pretrain.config.ProbesConfig``); the tra
 
 A failing inline probe is reported (with its log) and training goes on. Inline probes run while
 the other ranks wait in a barrier, so keep them shorter than the process group's timeout (30 min
-by default); use ``mode: slurm`` for longer ones.
+by default); use ``mode: slurm`` for longer ones. No probe starts on a step the loop stops early
+after (a stop signal: the job is about to be preempted).
 """
 
 from __future__ import annotations
@@ -28,18 +32,21 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from data_pipeline.files import atomic_write_json
 from pretrain.export import Pretrained, run_tokenizer, write_native
+from pretrain.train.hooks import Hook, LoopContext
 
 PROBES_DIR = "probes"
 RESULTS_FILE = "results.jsonl"
 # Variables a child must not inherit from a training rank (it is a job of its own).
-_STRIP_PREFIXES = ("SLURM_", "SUBMITIT_", "TORCHELASTIC_")
-_STRIP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+STRIP_PREFIXES = ("SLURM_", "SUBMITIT_", "TORCHELASTIC_")
+STRIP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def probe_dir(run_dir: str | Path, step: int) -> Path:
@@ -52,7 +59,7 @@ def child_env() -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in _STRIP_VARS and not k.startswith(_STRIP_PREFIXES)
+        if k not in STRIP_VARS and not k.startswith(STRIP_PREFIXES)
     }
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -105,23 +112,48 @@ def probe_command(cfg: Any, step: int, export_dir: Path) -> list[str]:
     ]
 
 
-class ProbeRunner:
+# What a launcher hands GlueProbes for mode=slurm: (command, probe dir, step) -> Slurm job id.
+Submitter = Callable[[list[str], Path, int], str]
+
+
+def probe_hooks(cfg: Any, is_main: bool, submit: Submitter | None = None) -> list[Hook]:
+    """The hooks that run ``cfg``'s GLUE probes (none when ``probes.every`` is 0).
+
+    Args:
+        cfg: The pretraining config.
+        is_main: Whether this is rank 0.
+        submit: Starts a probe as a Slurm job; required by ``probes.mode=slurm``
+            (``slurm.probes.probe_submitter(cfg)``).
+    """
+    return [GlueProbes(cfg, is_main, submit)] if cfg.probes.every else []
+
+
+class GlueProbes(Hook):
     """Runs the probes of one pretraining run (see the module docstring).
 
     Args:
         cfg: The pretraining config (``probes.every > 0``).
         is_main: Whether this is rank 0 (which writes snapshots and starts the probes).
+        submit: See :func:`probe_hooks`.
 
     Raises:
         FileNotFoundError: If a probe task's training or dev file is missing (checked at start-up,
             not after hours of pretraining).
+        ValueError: If ``probes.mode`` is ``slurm`` and no ``submit`` was given.
     """
 
-    def __init__(self, cfg: Any, is_main: bool) -> None:
+    def __init__(self, cfg: Any, is_main: bool, submit: Submitter | None = None) -> None:
         from pretrain.glue.tasks import get_task, split_path
 
+        if cfg.probes.mode == "slurm" and submit is None:
+            raise ValueError(
+                "probes.mode=slurm: this launcher cannot submit Slurm jobs (pass "
+                "submit=slurm.probes.probe_submitter(cfg) to probe_hooks, or launch with the "
+                "`perceiver` console script); set probes.mode=inline to run probes in-process"
+            )
         self.cfg = cfg
         self.is_main = is_main
+        self.submit = submit
         for name in cfg.probes.tasks:
             task = get_task(name)
             for split in ("train", task.dev_splits[0]):
@@ -129,7 +161,11 @@ class ProbeRunner:
                 if not path.is_file():
                     raise FileNotFoundError(f"probes.glue_dir: {path} not found")
         self.tokenizer = run_tokenizer(cfg.to_dict()) if is_main else {}
-        self.jobs: list[Any] = []
+
+    def after_step(self, ctx: LoopContext) -> None:
+        """Every ``probes.every`` steps, unless the loop is stopping early (preemption is near)."""
+        if ctx.state.step % self.cfg.probes.every == 0 and not ctx.stopping:
+            self.run(ctx.engine, ctx.state.step)
 
     def run(self, engine: Any, step: int) -> None:
         """Snapshot the weights at ``step`` and start (inline: run) the probe; all ranks call."""
@@ -151,8 +187,10 @@ class ProbeRunner:
         command = probe_command(self.cfg, step, write_native(pretrained, out / "model"))
         if self.cfg.probes.mode == "inline":
             self._run_inline(command, out, step)
-        else:
-            self._submit(command, out, step)
+            return
+        job_id = self.submit(command, out, step)
+        atomic_write_json(out / "job.json", {"job_id": job_id, "command": command})
+        print(f"GLUE probe at step {step}: Slurm job {job_id} ({out})", file=sys.stderr)
 
     def _run_inline(self, command: list[str], out: Path, step: int) -> None:
         log = out / "log.txt"
@@ -167,29 +205,6 @@ class ProbeRunner:
             )
         else:
             print(f"GLUE probe at step {step} done in {took:.0f} s ({out})", file=sys.stderr)
-
-    def _submit(self, command: list[str], out: Path, step: int) -> None:
-        """A one-task Slurm job running ``command`` (not waited for)."""
-        import submitit
-
-        from slurm.cluster import JobRequest
-        from slurm.launcher import executor_parameters
-
-        request = JobRequest(**{"job_name": f"glue-probe-{step}", **self.cfg.probes.slurm})
-        request.check()
-        root = str(Path(__file__).resolve().parents[2])
-        setup = [
-            "unset " + " ".join(_STRIP_VARS),
-            f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}",
-        ]
-        params = executor_parameters(request, (setup, []))
-        params.pop("additional_parameters", None)  # a probe is not requeued
-        executor = submitit.SlurmExecutor(folder=out / "slurm", max_num_timeout=0)
-        executor.update_parameters(**params)
-        job = executor.submit(submitit.helpers.CommandFunction(command, env=child_env()))
-        self.jobs.append(job)
-        (out / "job.json").write_text(json.dumps({"job_id": job.job_id, "command": command}))
-        print(f"GLUE probe at step {step}: Slurm job {job.job_id} ({out})", file=sys.stderr)
 
 
 def report(run_dir: str | Path, step: int, scores: dict[str, dict[str, float]]) -> None:

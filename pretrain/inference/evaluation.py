@@ -2,12 +2,12 @@
 
 Every rank calls :func:`evaluate_run`. It reads the run's saved config, points ``data`` at the
 given directory, loads the consolidated weights of the newest (or the given) complete checkpoint
-and runs the trainer's own validation
-(`pretrain.train.trainer.evaluate`): the same objective, the same
-masking keys and the same loader, so on the same samples it reports what the trainer's validation
-reported (exactly, for fp32 runs; within bf16 rounding for runs that trained in bf16, whose
-DeepSpeed engine evaluated bf16 weights). Each rank reads its part of the split; the sums are
-all-reduced.
+and runs the trainer's own validation (:func:`pretrain.train.evaluate.evaluate`): the same
+objective, the same masking keys and the same shard loader
+(:func:`pretrain.train.loaders.build_shard_loader`), so on the same samples it reports what the
+trainer's validation reported (exactly, for fp32 runs; within bf16 rounding for runs that trained
+in bf16, whose DeepSpeed engine evaluated bf16 weights). Each rank reads its part of the split;
+the sums are all-reduced.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ def evaluate_run(
     from pretrain.inference.api import load_for_inference
     from pretrain.objectives.registry import build_objective, check_data
     from pretrain.train import distributed as dist_utils
-    from pretrain.train.trainer import _build_loader, evaluate
+    from pretrain.train.evaluate import evaluate
+    from pretrain.train.loaders import build_shard_loader
 
     if not (Path(data_dir) / split).is_dir():
         raise FileNotFoundError(f"{Path(data_dir) / split}: no such split (see data inspect)")
@@ -74,7 +75,7 @@ def evaluate_run(
     try:
         loaded = load_for_inference(run, step, device=device_)
         objective = build_objective(cfg)
-        loader = _build_loader(cfg, split, False)
+        loader = build_shard_loader(cfg, split, False)
         n = len(loader) if max_batches is None else max_batches
         autocast = (
             torch.autocast(device_.type, dtype=torch.bfloat16)

@@ -10,9 +10,10 @@ Layout (one directory per checkpoint, named by step)::
 
 A directory without ``COMPLETE`` is invisible: ``resume: auto`` never picks it, so a crash in the
 middle of a save cannot produce a checkpoint that looks valid. ``COMPLETE`` is written to a
-temporary name, fsynced and renamed, so it exists whole or not at all. It records the size and
-CRC-32 of every file of the checkpoint (each rank checksums its share of the files, so the
-checksums cost about 1/world_size of one extra read of the checkpoint, from the page cache);
+temporary name, fsynced and renamed (``data_pipeline.files``), so it exists whole or not at all.
+It records the size and CRC-32 of every file of the checkpoint (each rank checksums its share of
+the files, so the checksums cost about 1/world_size of one extra read of the checkpoint, from the
+page cache);
 ``select_resume`` verifies them and skips a damaged checkpoint, which it marks ``REJECTED``
 (a checkpoint whose weights made the loss non-finite is marked the same way, by the trainer).
 A saved checkpoint removes what it makes obsolete: checkpoints beyond ``checkpoint.keep`` with
@@ -37,8 +38,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from data_pipeline.files import atomic_write_text
+
 MARKER = "COMPLETE"
 REJECTED = "REJECTED"  # replaces COMPLETE in a checkpoint found damaged or non-finite; JSON reason
+_MARKER_TMP = f".{MARKER}.tmp"  # atomic_write_text's temporary sibling of the marker
 _TAG_RE = re.compile(r"^step_(\d+)$")
 _CHUNK = 1 << 24
 
@@ -99,10 +103,13 @@ def _crc32(path: Path) -> int:
 
 def _files(path: Path) -> list[str]:
     """The checkpoint's files (relative, sorted: every rank lists the same), marker excluded."""
-    skip = {MARKER, MARKER + ".tmp", REJECTED}
-    return sorted(
-        str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name not in skip
-    )
+
+    def listed(p: Path) -> bool:
+        return (
+            p.is_file() and p.name not in (MARKER, REJECTED) and not p.name.startswith(_MARKER_TMP)
+        )
+
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if listed(p))
 
 
 def _world() -> tuple[int, int]:
@@ -156,7 +163,7 @@ def verify(
 def reject(path: str | Path, reason: str) -> None:
     """Make a complete checkpoint invisible, keeping the reason in its ``REJECTED`` marker."""
     path = Path(path)
-    _write_atomic(path / REJECTED, json.dumps({"reason": reason, "time": time.time()}))
+    _write_marker(path / REJECTED, json.dumps({"reason": reason, "time": time.time()}))
     (path / MARKER).unlink(missing_ok=True)
 
 
@@ -229,13 +236,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+def _write_marker(path: Path, text: str) -> None:
+    """A marker written atomically, its rename made durable (fsync of the directory) before the
+    caller goes on: after COMPLETE, :func:`prune` deletes older checkpoints."""
+    atomic_write_text(path, text)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -274,7 +278,7 @@ def save(
     recorded = {k: v for part in _gather(mine) for k, v in part.items()}
     if rank == 0:
         meta = {"step": step, "time": time.time(), "world_size": world, "files": recorded}
-        _write_atomic(path / MARKER, json.dumps(meta))
+        _write_marker(path / MARKER, json.dumps(meta))
         prune(checkpoint_dir, keep)
     if dist.is_initialized():
         dist.barrier()

@@ -133,7 +133,9 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
     return DistEnv(0, 1, 0, 1, "127.0.0.1", int(environ.get("MASTER_PORT", 0)) or free_port())
 
 
-def spawn_local(argv: list[str], nproc: int, kill_after_s: float = 10.0) -> int:
+def spawn_local(
+    argv: list[str], nproc: int, kill_after_s: float = 10.0, module: str = "pretrain.cli"
+) -> int:
     """Start ``nproc`` local ranks of ``perceiver <argv>`` (like torchrun) and wait for them.
 
     The ranks run in their own session, so a Ctrl-C at the terminal reaches only this process,
@@ -161,7 +163,7 @@ def spawn_local(argv: list[str], nproc: int, kill_after_s: float = 10.0) -> int:
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "pretrain.cli", *argv], env=env, start_new_session=True
+                [sys.executable, "-m", module, *argv], env=env, start_new_session=True
             )
         )
     interrupts = 0
@@ -243,6 +245,21 @@ def all_reduce_max_flag(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def any_rank(flag: torch.Tensor) -> bool:
+    """True on every rank if ``flag`` (a 0-d tensor, 1 = set) is set on any rank (one sync)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item() > 0)
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """``values`` summed over ranks (float64; every rank passes the same number of values)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
 
 
 def barrier() -> None:

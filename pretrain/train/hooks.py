@@ -25,6 +25,9 @@ class LoopContext:
     state: Any  # pretrain.train.trainer.TrainState: step, epoch, ...
     logger: Any  # pretrain.train.metrics.MetricLogger (writes on rank 0 only)
     run_dir: Path
+    # True in after_step of a step the loop stops early after (a stop signal, stop_at_step): it
+    # has saved and is about to end, so a hook should not start long work (preemption is near).
+    stopping: bool = False
 
 
 class Hook:
@@ -34,7 +37,8 @@ class Hook:
         """After set-up and resume, before the first step of this process."""
 
     def after_step(self, ctx: LoopContext) -> None:
-        """After every optimizer step (``ctx.state.step`` is the step just finished)."""
+        """After every optimizer step (``ctx.state.step`` is the step just finished), after its
+        logging, validation and checkpoint."""
 
     def after_save(self, ctx: LoopContext, path: Path) -> None:
         """After a checkpoint of ``ctx.state.step`` is complete at ``path``."""

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from data_pipeline.files import atomic_write_text
+
 # Dense bf16 tensor-core peak per device (FLOP/s), by substring of the CUDA device name.
 _GPU_PEAK_BF16 = [
     ("H200", 989e12),
@@ -58,9 +60,7 @@ def truncate_jsonl(path: Path, last_step: int) -> None:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(kept))
 
 
 class MetricLogger:

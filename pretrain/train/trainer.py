@@ -1,4 +1,4 @@
-"""The pretraining loop: build, resume, loop over steps, log, evaluate, checkpoint.
+"""The pretraining loop: set up, resume, loop over steps; log, evaluate, checkpoint, call hooks.
 
 Everything that must survive a restart is in the checkpoint: DeepSpeed's engine state (model,
 optimizer, LR schedule), :class:`TrainState` and the data loader's ``state_dict``. Every random
@@ -8,16 +8,21 @@ prefix dropout from torch's global generator, reseeded before every micro-step
 (:func:`seed_micro_step`). No draw depends on what ran before it (a DataLoader iterator created on
 resume draws from the global generator), so a resumed run sees exactly the batches, masks, dropout
 and losses of a run that never stopped.
+
+The loop knows nothing of who consumes its weights: GLUE probes and anything else that acts at
+step k are :class:`pretrain.train.hooks.Hook` objects built by whoever launches training.
+Set-up lives beside it: the engine in :mod:`pretrain.train.engine`, the loaders in
+:mod:`pretrain.train.loaders`, validation in :mod:`pretrain.train.evaluate`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import os
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,14 +30,22 @@ from typing import Any, Literal
 import torch
 
 from pretrain.config import Config, check_inputs, save_config
-from pretrain.objectives.base import Objective
 from pretrain.objectives.registry import build_objective
 from pretrain.train import checkpoint as ckpt
 from pretrain.train import distributed as dist_utils
+from pretrain.train.engine import (
+    build_training_engine,
+    drop_gradients,
+    grad_norm,
+    has_own_skip,
+    skip_step,
+    weights_finite,
+)
+from pretrain.train.evaluate import accumulate, evaluate, reduce_sums
+from pretrain.train.hooks import Hook, LoopContext
+from pretrain.train.loaders import EpochLoader, build_loader, build_val_loader, to_device
 from pretrain.train.metrics import MetricLogger, Throughput, detect_peak_flops, peak_memory_bytes
 from pretrain.train.signals import StopSignal
-
-VAL_KEY_OFFSET = 1 << 40  # validation masks use keys disjoint from training's
 
 
 @dataclass
@@ -77,29 +90,6 @@ class TrainResult:
         }
 
 
-class _EpochLoader:
-    """Endless iteration over a StreamingDataLoader, counting epochs."""
-
-    def __init__(self, loader: Any, epoch: int) -> None:
-        self.loader = loader
-        self.epoch = epoch
-        self._it = None
-
-    def next(self) -> dict[str, torch.Tensor]:
-        for _ in range(2):
-            if self._it is None:
-                self._it = iter(self.loader)
-            try:
-                return next(self._it)
-            except StopIteration:
-                self._it = None
-                self.epoch += 1
-        raise RuntimeError(
-            "data.dir: the training split yields no batch in a whole epoch; it has fewer samples "
-            "than one global batch (trainer.micro_batch_size x world size)"
-        )
-
-
 def seed_micro_step(seed: int, key: int) -> None:
     """Seeds torch's global generators (CPU and CUDA) for the micro-step of ``key``.
 
@@ -111,188 +101,19 @@ def seed_micro_step(seed: int, key: int) -> None:
     torch.manual_seed(mix_seed(seed, ~key))
 
 
-def _build_engine(
-    cfg: Config, model: torch.nn.Module, device: torch.device, world_size: int, universal: bool
-):
-    import deepspeed
-
-    from pretrain.train.ds_config import build_ds_config
-    from pretrain.train.optim import build_optimizer, build_scheduler
-
-    optimizer = build_optimizer(model, cfg.optimizer, device)
-    scheduler = build_scheduler(optimizer, cfg.optimizer, cfg.trainer.max_steps)
-    ds_config = build_ds_config(cfg, world_size, device.type == "cuda", load_universal=universal)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
-    )
-    return engine
-
-
-def _build_loader(cfg: Config, split: str, shuffle: bool):
-    from data_pipeline.loading.dataset import build_dataloader
-    from data_pipeline.loading.mixtures import (
-        MixtureSource,
-        build_mixture_dataloader,
-        build_val_loader,
-        check_datasets,
-    )
-
-    # One cache per node: streaming's local leaders must not share a `local` dir (run_dir may be
-    # on a shared filesystem, and a test cluster runs several Slurm nodes on one host).
-    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
-    cache_root = Path(cfg.data.cache_dir or Path(cfg.trainer.run_dir) / ".streaming_cache" / node)
-    datasets = cfg.data.dataset_dirs()
-    if split == cfg.data.train_split and cfg.model_type in ("perceiver_io_mlm", "perceiver_ar"):
-        check_datasets(  # refuses shards the model cannot read, naming model.vocab_size
-            [d for _, d, _ in datasets],
-            max_seq_len=cfg.model.max_seq_len,
-            objective=cfg.objective.name,
-            vocab_size=cfg.model.vocab_size,
-        )
-    if not cfg.data.mixture:
-        return build_dataloader(
-            cfg.data.dir,
-            split,
-            cfg.trainer.micro_batch_size,
-            shuffle=shuffle,
-            seed=cfg.data.shuffle_seed,
-            num_workers=cfg.data.num_workers,
-            cache_root=str(cache_root),
-            **cfg.data.stream_options(),
-        )
-    sources = [MixtureSource(name, d, p) for name, d, p in datasets]
-    if split == cfg.data.train_split:
-        return build_mixture_dataloader(
-            sources,
-            split,
-            cfg.trainer.micro_batch_size,
-            shuffle=shuffle,
-            seed=cfg.data.shuffle_seed,
-            num_workers=cfg.data.num_workers,
-            cache_root=str(cache_root),
-            **cfg.data.stream_options(),
-        )
-    return build_val_loader(  # each dataset's own val split, interleaved in proportion
-        sources,
-        cfg.trainer.micro_batch_size,
-        split=split,
-        num_workers=cfg.data.num_workers,
-        cache_root=str(cache_root),
-        **cfg.data.stream_options(),
-    )
-
-
-def _build_val_loader(cfg: Config, build_loader, is_main: bool) -> tuple[Any, str]:
-    """The validation loader, or None and why: an empty split is warned about once, not fatal."""
-    from data_pipeline.loading.dataset import EmptySplitError
-
-    if not cfg.trainer.val_every:
-        return None, ""
-    try:
-        return build_loader(cfg, cfg.data.val_split, False), ""
-    except EmptySplitError as err:
-        why = f"no validation (trainer.val_every={cfg.trainer.val_every} skipped): {err}"
-        if is_main:
-            logging.getLogger(__name__).warning(why)
-        return None, why
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
-        for k, v in batch.items()
-    }
-
-
-def _grad_norm(model: torch.nn.Module) -> float:
-    """Global L2 norm of the (already all-reduced) gradients, for engines that do not report it."""
-    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
-
-
-def _any_rank(flag: torch.Tensor) -> bool:
-    """True on every rank if ``flag`` (a 0-d tensor, 1 = set) is set on any rank (one sync)."""
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item() > 0)
-
-
-def _skip_step(engine, loss: torch.Tensor) -> None:
-    """The last micro-step of a step, leaving weights and optimizer state unchanged.
-
-    DeepSpeed's own optimizers (ZeRO, bf16, fp16) skip a step whose gradients are not finite,
-    consistently on every rank, so the loss is made NaN for them; see :func:`_drop_gradients`
-    for a plain torch optimizer.
-    """
-    if hasattr(engine.optimizer, "overflow"):
-        engine.backward(loss * float("nan"))
-        engine.step()
-        if engine.was_step_applied():
-            raise RuntimeError("DeepSpeed applied an optimizer step with non-finite gradients")
-    else:
-        engine.backward(loss)
-        _drop_gradients(engine)
-
-
-def _drop_gradients(engine) -> None:
-    """Instead of ``engine.step()`` under a plain torch optimizer (ZeRO stage 0 without
-    DeepSpeed's bf16/fp16), which has no skip: no optimizer step, the gradients are dropped and
-    the engine's micro-step counter advances as ``engine.step()`` would advance it."""
-    engine.zero_grad()
-    engine.micro_steps += 1
-
-
-def _weights_finite(engine, device: torch.device) -> bool:
-    """Whether every rank's weights (its ZeRO-3 partition, if any) are finite (collective)."""
-    bad = torch.zeros((), device=device)
-    for p in engine.module.parameters():
-        for t in (p.data, getattr(p, "ds_tensor", None)):
-            if t is not None and t.numel() and not bool(torch.isfinite(t).all()):
-                bad.fill_(1.0)
-    return not _any_rank(bad)
-
-
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def _accumulate(sums: dict[str, float], stats: dict[str, torch.Tensor]) -> None:
-    for k, v in stats.items():
-        sums[k] = sums.get(k, 0.0) + float(v)
-
-
-def _reduce(sums: dict[str, float], keys: tuple[str, ...], device) -> dict[str, float]:
-    """Sum statistics over ranks (keys in a fixed order, so every rank reduces the same tensor)."""
-    return dict(zip(keys, _all_reduce_sum([sums.get(k, 0.0) for k in keys], device)))
-
-
-@torch.no_grad()
-def evaluate(engine, loader, objective: Objective, max_batches: int, device, world_size: int):
-    """The objective's metrics on up to ``max_batches`` batches of every rank."""
-    engine.eval()
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-    sums: dict[str, float] = {}
-    n = min(max_batches, len(loader))
-    for i, raw in enumerate(loader):
-        if i >= n:
-            break
-        batch = objective.transform(_to_device(raw, device), VAL_KEY_OFFSET + i * world_size + rank)
-        _, stats = objective.step(engine, batch)
-        _accumulate(sums, stats)
-    engine.train()
-    return objective.summarize(_reduce(sums, objective.stat_keys, device), "val")
-
-
 def train(
-    cfg: Config, *, stop_at_step: int | None = None, stopper: StopSignal | None = None
+    cfg: Config,
+    *,
+    hooks: Sequence[Hook] = (),
+    stop_at_step: int | None = None,
+    stopper: StopSignal | None = None,
 ) -> TrainResult:
     """Run (or resume) training as described by ``cfg``; every rank calls this.
 
     Args:
         cfg: the validated config.
+        hooks: called at the loop's fixed points on every rank (GLUE probes: built by the
+            launcher with :func:`pretrain.glue.probes.probe_hooks`).
         stop_at_step: stop (with a checkpoint) after this many steps even though the schedule
             runs to ``trainer.max_steps``; used to test and demonstrate exact resumption.
         stopper: the caller's stop-signal handler, installed before its own start-up; without
@@ -303,252 +124,287 @@ def train(
     if stopper is None:
         stopper = StopSignal(announce=env.is_main)
         try:
-            return train(cfg, stop_at_step=stop_at_step, stopper=stopper)
+            return train(cfg, hooks=hooks, stop_at_step=stop_at_step, stopper=stopper)
         finally:
             stopper.restore()
-    device = dist_utils.resolve_device(cfg.trainer.device)
-    dist_utils.init_distributed(env, device)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
-    if cfg.trainer.deterministic:
-        torch.use_deterministic_algorithms(True)
-    run_dir = Path(cfg.trainer.run_dir)
-    t = cfg.trainer
-    if env.is_main:
-        save_config(cfg, run_dir / "config.yaml")
+    return Trainer(cfg, env, hooks).run(stopper, stop_at_step)
 
-    from pretrain.models.attention import writable
-    from pretrain.train.ds_config import build_ds_config
-    from pretrain.train.parallelize import (
-        apply_activation_checkpointing,
-        build_for_training,
-        num_parameters,
-    )
 
-    model_cfg = cfg.model
-    # identical initial weights on every rank; under ZeRO-3 partitioned while they are built
-    ds_config = build_ds_config(cfg, env.world_size, device.type == "cuda")
-    model = build_for_training(cfg.model_type, model_cfg, t.seed, ds_config).to(device)
-    num_params = num_parameters(model)
-    if t.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    resume_path = ckpt.select_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
-    universal = None
-    if resume_path is not None and ckpt.saved_partitions(resume_path) not in (0, env.world_size):
-        # written by another number of ranks: reshard through a universal checkpoint
-        universal = ckpt.ensure_universal(resume_path, env.is_main)
-    if cfg.checkpoint.init_from and resume_path is None:  # pretrained weights, not a resume
-        from pretrain.export import load_initial_weights
+class Trainer:
+    """One rank's training run: ``__init__`` sets up and resumes, :meth:`run` loops."""
 
-        with writable(*model.parameters()):  # ZeRO-3: whole while they are loaded
-            load_initial_weights(model, cfg)
-    engine = _build_engine(cfg, model, device, env.world_size, universal is not None)
-    if t.compile:
-        from torch._inductor import config as inductor_config
+    def __init__(self, cfg: Config, env: dist_utils.DistEnv, hooks: Sequence[Hook] = ()) -> None:
+        t = cfg.trainer
+        self.cfg, self.env, self.hooks = cfg, env, list(hooks)
+        self.device = device = dist_utils.resolve_device(t.device)
+        dist_utils.init_distributed(env, device)
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.run_dir = Path(t.run_dir)
+        if env.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
 
-        # compiled random draws (dropout, prefix dropout) from torch's generator, as in eager:
-        # the same (seed, micro-step, rank) stream, so compiled runs also resume exactly
-        inductor_config.fallback_random = True
-        engine.compile()  # DeepSpeed's: torch.compile of the module, its ZeRO hooks kept
+        # What to resume from; written by another number of ranks, it is resharded through a
+        # universal checkpoint, which the engine must be built to load.
+        resume_path = ckpt.select_resume(cfg.checkpoint.resume, cfg.checkpoint_dir())
+        partitions = ckpt.saved_partitions(resume_path) if resume_path is not None else 0
+        universal = None
+        if partitions not in (0, env.world_size):
+            universal = ckpt.ensure_universal(resume_path, env.is_main)
+        self.engine, num_params = build_training_engine(
+            cfg,
+            env.world_size,
+            device,
+            init_from=bool(cfg.checkpoint.init_from) and resume_path is None,  # not a resume
+            universal=universal is not None,
+        )
+        self.objective = build_objective(cfg)
+        self.train_loader = build_loader(
+            cfg, self.objective, cfg.data.train_split, cfg.data.shuffle
+        )
+        self.val_loader, no_val = build_val_loader(cfg, self.objective, env.is_main)
 
-    objective = build_objective(cfg)
-    build_loader = _build_loader if objective.shard_kind else objective.build_loader  # GLUE: TSVs
-    train_loader = build_loader(cfg, cfg.data.train_split, cfg.data.shuffle)
-    val_loader, no_val = _build_val_loader(cfg, build_loader, env.is_main)
-    probes = None
-    if cfg.probes.every:  # GLUE probes of the weights every N steps (pretrain/glue/probes.py)
-        from pretrain.glue.probes import ProbeRunner
+        self.state = TrainState()
+        if resume_path is not None:
+            client = ckpt.load(self.engine, resume_path, universal=universal)
+            self.state = TrainState(**client["train_state"])
+            self.train_loader.load_state_dict(client["loader_state"])
+        # Slurm counts how often it requeued this job; keep the count with the run's state.
+        self.state.requeues = int(os.environ.get("SLURM_RESTART_COUNT", self.state.requeues))
+        self.data = EpochLoader(self.train_loader, self.state.epoch)
 
-        probes = ProbeRunner(cfg, env.is_main)
-    state = TrainState()
-    if resume_path is not None:
-        client = ckpt.load(engine, resume_path, universal=universal)
-        state = TrainState(**client["train_state"])
-        train_loader.load_state_dict(client["loader_state"])
-    # Slurm counts how often it requeued this job; keep the count with the run's state.
-    state.requeues = int(os.environ.get("SLURM_RESTART_COUNT", state.requeues))
-    data = _EpochLoader(train_loader, state.epoch)
+        self.logger = MetricLogger(
+            self.run_dir,
+            env.is_main,
+            cfg.logging.tensorboard,
+            cfg.logging.jsonl,
+            resume_step=self.state.step,
+        )
+        if env.is_main and self.state.step == 0:
+            self.logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```", 0)
+        if no_val:
+            self.logger.log_text("validation", no_val, self.state.step)
+        self.autocast = (
+            (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+            if cfg.autocast_bf16
+            else contextlib.nullcontext
+        )
+        self.flops_per_sample = self.objective.flops_per_sample(cfg.model)
+        self.peak_flops = detect_peak_flops(device, t.peak_flops)
+        self.result = TrainResult(
+            "finished",
+            self.state,
+            self.run_dir,
+            None,
+            num_params=num_params,
+            resumed_from=resume_path,
+        )
+        self.meter = Throughput()
+        self.window: dict[str, float] = {}  # summed statistics since the last log
+        self.last_grad_norm = float("nan")
+        self.streak = 0  # consecutive steps with a non-finite loss or gradients (skipped)
+        self.progress = None
+        if env.is_main and cfg.logging.progress_bar:  # a bar on a terminal, else a line per log
+            from pretrain.train.progress import step_progress
 
-    logger = MetricLogger(
-        run_dir, env.is_main, cfg.logging.tensorboard, cfg.logging.jsonl, resume_step=state.step
-    )
-    if env.is_main and state.step == 0:
-        logger.log_text("config", "```\n" + cfg.to_yaml() + "\n```", 0)
-    if no_val:
-        logger.log_text("validation", no_val, state.step)
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
-        if cfg.autocast_bf16
-        else contextlib.nullcontext
-    )
-    last_grad_norm = float("nan")
-    flops_per_sample = objective.flops_per_sample(model_cfg)
-    peak_flops = detect_peak_flops(device, t.peak_flops)
-    result = TrainResult(
-        "finished", state, run_dir, None, num_params=num_params, resumed_from=resume_path
-    )
-    meter = Throughput()
-    window: dict[str, float] = {}  # summed statistics since the last log
-    progress = None
-    if env.is_main and cfg.logging.progress_bar:  # a bar on a terminal, else a line per log
-        from pretrain.train.progress import step_progress
+            name = f"train {cfg.model_type}"
+            self.progress = step_progress(t.max_steps, self.state.step, name, t.log_every)
+        self.profiler = None
+        if t.profile:
+            from pretrain.train.profiling import StepProfiler
 
-        progress = step_progress(t.max_steps, state.step, f"train {cfg.model_type}", t.log_every)
+            self.profiler = StepProfiler(t.profile, self.run_dir / "profile", env.rank, device)
+        self.ctx = LoopContext(cfg, env, device, self.engine, self.state, self.logger, self.run_dir)
 
-    def save(step: int) -> Path:
-        if not _weights_finite(engine, device):
+    def run(self, stopper: StopSignal, stop_at_step: int | None = None) -> TrainResult:
+        """Steps until ``trainer.max_steps``, a stop signal or ``stop_at_step``."""
+        cfg, t, state, result = self.cfg, self.cfg.trainer, self.state, self.result
+        try:
+            for hook in self.hooks:
+                hook.on_start(self.ctx)
+            while state.step < t.max_steps:
+                skipped = self.train_step()
+                self.log_step()
+                if self.val_loader is not None and (
+                    state.step % t.val_every == 0 or state.step == t.max_steps
+                ):
+                    self.validate()
+
+                stop = dist_utils.all_reduce_max_flag(stopper.requested, self.device)
+                stopping = stop or (stop_at_step is not None and state.step >= stop_at_step)
+                every = cfg.checkpoint.every
+                due = (every and state.step % every == 0) or (
+                    state.step == t.max_steps and cfg.checkpoint.save_final
+                )
+                # a skipped step's weights just gave a non-finite loss: never saved
+                if not skipped and (stopping or due):
+                    result.checkpoint = self.save()
+                self.ctx.stopping = stopping
+                for hook in self.hooks:
+                    hook.after_step(self.ctx)
+                if stopping:
+                    result.status = "preempted" if stop else "stopped"
+                    break
+            for hook in self.hooks:
+                hook.on_end(self.ctx, result)
+        finally:
+            if self.profiler is not None:
+                self.profiler.close()
+            if self.progress is not None:
+                self.progress.close()
+            self.logger.close()
+        return result
+
+    def train_step(self) -> bool:
+        """One optimizer step of ``trainer.grad_accum_steps`` micro-steps; returns whether it was
+        skipped (a non-finite loss or gradients on any rank: weights and optimizer unchanged)."""
+        t, env, state, objective = self.cfg.trainer, self.env, self.state, self.objective
+        if self.profiler is not None:
+            self.profiler.before_step(state.step + 1)
+        step_tokens = 0
+        step_stats: dict[str, float] = {}
+        nonfinite = torch.zeros((), device=self.device)
+        skipped = False
+        for i in range(t.grad_accum_steps):
+            last = i == t.grad_accum_steps - 1
+            t0 = time.perf_counter()
+            key = state.micro_step * env.world_size + env.rank
+            raw = self.data.next()
+            seed_micro_step(t.seed, key)  # after next(): a new loader iterator draws from it
+            # the transform (MLM masking) runs where the batch is: on the GPU when there is one
+            batch = objective.transform(to_device(raw, self.device), key)
+            self.meter.data_wait += time.perf_counter() - t0
+            with self.autocast():
+                loss, stats = objective.step(self.engine, batch)
+            nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss.detach())).float())
+            if last:  # before the last backward: all ranks skip alike
+                skipped = dist_utils.any_rank(nonfinite)
+            if skipped:
+                skip_step(self.engine, loss)
+            else:
+                skipped = self._backward(loss, last)
+            state.micro_step += 1
+            accumulate(step_stats, stats)
+            self.meter.samples += objective.num_samples(batch)
+            step_tokens += objective.num_tokens(batch)
+        self.meter.tokens += step_tokens
+        state.step += 1
+        if self.profiler is not None:
+            self.profiler.after_step(state.step)
+        if skipped:
+            self._skipped()
+        else:
+            self.streak = 0
+            for k, v in step_stats.items():
+                self.window[k] = self.window.get(k, 0.0) + v
+        state.epoch = self.data.epoch
+        state.samples_seen += t.micro_batch_size * t.grad_accum_steps * env.world_size
+        state.tokens_seen += step_tokens * env.world_size
+        return skipped
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> bool:
+        """Backward and (at the accumulation boundary) optimizer step; True if the step was
+        skipped for non-finite gradients."""
+        engine = self.engine
+        engine.backward(loss)
+        if engine.is_gradient_accumulation_boundary() and engine.get_global_grad_norm() is None:
+            self.last_grad_norm = grad_norm(engine.module)
+        if last and not has_own_skip(engine) and not math.isfinite(self.last_grad_norm):
+            drop_gradients(engine)  # all-reduced gradients: the same on every rank
+            return True
+        engine.step()
+        # DeepSpeed skipped it for non-finite gradients (fp16: loss scaling, not a failure)
+        return last and not engine.was_step_applied() and self.cfg.trainer.precision != "fp16"
+
+    def _skipped(self) -> None:
+        """Counts a skipped step; too many in a row end the run (:meth:`diverged`)."""
+        t = self.cfg.trainer
+        self.state.skipped_steps += 1
+        self.streak += 1
+        if self.streak > t.nonfinite_skip_limit:
+            raise self.diverged(self.state.step - self.streak + 1)
+        if self.env.is_main:
+            warnings.warn(
+                f"step {self.state.step}: non-finite loss or gradients, optimizer step skipped "
+                f"({self.streak} in a row; trainer.nonfinite_skip_limit={t.nonfinite_skip_limit})",
+                stacklevel=1,
+            )
+
+    def log_step(self) -> None:
+        """Every ``trainer.log_every`` steps (and the last): the window's metrics, reduced."""
+        t, state, engine = self.cfg.trainer, self.state, self.engine
+        # (nothing to log when every step since the last log was skipped)
+        if self.window and (state.step % t.log_every == 0 or state.step == t.max_steps):
+            sums = reduce_sums(self.window, self.objective.stat_keys, self.device)
+            metrics = self.objective.summarize(sums, "train")
+            norm = engine.get_global_grad_norm()
+            metrics.update(
+                {
+                    "train/lr": engine.get_lr()[0],
+                    "train/grad_norm": float(self.last_grad_norm if norm is None else norm),
+                    "train/tokens_seen": float(state.tokens_seen),
+                    "train/epoch": float(state.epoch),
+                    "train/skipped_steps": float(state.skipped_steps),
+                    "perf/peak_memory_gib": peak_memory_bytes(self.device) / 2**30,
+                    **self.meter.summary(
+                        self.env.world_size, self.flops_per_sample, self.peak_flops
+                    ),
+                }
+            )
+            self.logger.log(metrics, state.step)
+            if self.result.first_loss is None:
+                self.result.first_loss = metrics["train/loss"]
+            self.result.last_loss = metrics["train/loss"]
+            if self.progress is not None:
+                self.progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
+            self.window = {}
+            self.meter.reset()
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def validate(self) -> None:
+        """The objective's validation metrics, logged with its images (collective)."""
+        t = self.cfg.trainer
+        with self.autocast():
+            self.result.val_metrics = evaluate(
+                self.engine,
+                self.val_loader,
+                self.objective,
+                t.val_batches,
+                self.device,
+                self.env.world_size,
+            )
+        self.logger.log(self.result.val_metrics, self.state.step)
+        self.logger.log_images(self.objective.images(), self.state.step)
+
+    def save(self) -> Path:
+        """A collective checkpoint of this step; never of weights that are not finite."""
+        cfg, step = self.cfg, self.state.step
+        if not weights_finite(self.engine, self.device):
             raise FloatingPointError(
                 f"step {step}: the weights are not finite; not saved. Last good checkpoint: "
                 f"{ckpt.find_latest(cfg.checkpoint_dir())}"
             )
-        client = {"train_state": asdict(state), "loader_state": train_loader.state_dict()}
-        return ckpt.save(
-            engine, cfg.checkpoint_dir(), step, client, cfg.to_yaml(), cfg.checkpoint.keep
+        client = {"train_state": asdict(self.state), "loader_state": self.train_loader.state_dict()}
+        path = ckpt.save(
+            self.engine, cfg.checkpoint_dir(), step, client, cfg.to_yaml(), cfg.checkpoint.keep
         )
+        for hook in self.hooks:
+            hook.after_save(self.ctx, path)
+        return path
 
-    def diverged(first_bad: int) -> FloatingPointError:
+    def diverged(self, first_bad: int) -> FloatingPointError:
         """Reject the checkpoint holding the weights that made the loss non-finite, and say so."""
+        cfg = self.cfg
         before = cfg.checkpoint_dir() / ckpt.tag_for_step(first_bad - 1)
-        if env.is_main and ckpt.is_complete(before):
+        if self.env.is_main and ckpt.is_complete(before):
             ckpt.reject(before, f"its weights gave a non-finite loss from step {first_bad} on")
         dist_utils.barrier()
         return FloatingPointError(
-            f"step {state.step}: loss or gradients were not finite on {streak} consecutive steps "
-            f"(since step {first_bad}; trainer.nonfinite_skip_limit={t.nonfinite_skip_limit}). "
-            f"Last good checkpoint: {ckpt.find_latest(cfg.checkpoint_dir())}"
+            f"step {self.state.step}: loss or gradients were not finite on {self.streak} "
+            f"consecutive steps (since step {first_bad}; trainer.nonfinite_skip_limit="
+            f"{cfg.trainer.nonfinite_skip_limit}). Last good checkpoint: "
+            f"{ckpt.find_latest(cfg.checkpoint_dir())}"
         )
-
-    streak = 0  # consecutive steps with a non-finite loss or gradients (skipped)
-    profiler = None
-    if t.profile:
-        from pretrain.train.profiling import StepProfiler
-
-        profiler = StepProfiler(t.profile, run_dir / "profile", env.rank, device)
-
-    try:
-        while state.step < t.max_steps:
-            if profiler is not None:
-                profiler.before_step(state.step + 1)
-            step_tokens = 0
-            step_stats: dict[str, float] = {}
-            nonfinite = torch.zeros((), device=device)
-            bad = False
-            for i in range(t.grad_accum_steps):
-                t0 = time.perf_counter()
-                key = state.micro_step * env.world_size + env.rank
-                raw = data.next()
-                seed_micro_step(t.seed, key)  # after next(): a new loader iterator draws from it
-                # the transform (MLM masking) runs where the batch is: on the GPU when there is one
-                batch = objective.transform(_to_device(raw, device), key)
-                meter.data_wait += time.perf_counter() - t0
-                with autocast():
-                    loss, stats = objective.step(engine, batch)
-                nonfinite = torch.maximum(nonfinite, (~torch.isfinite(loss.detach())).float())
-                if i == t.grad_accum_steps - 1:
-                    bad = _any_rank(nonfinite)  # before the last backward: all ranks skip alike
-                if bad:
-                    _skip_step(engine, loss)
-                else:
-                    engine.backward(loss)
-                    if (
-                        engine.is_gradient_accumulation_boundary()
-                        and engine.get_global_grad_norm() is None
-                    ):
-                        last_grad_norm = _grad_norm(engine.module)
-                    last = i == t.grad_accum_steps - 1
-                    plain_optimizer = not hasattr(engine.optimizer, "overflow")
-                    if last and plain_optimizer and not math.isfinite(last_grad_norm):
-                        bad = True  # all-reduced gradients: the same on every rank
-                        _drop_gradients(engine)
-                    else:
-                        engine.step()
-                        # DeepSpeed skipped it for non-finite gradients (fp16: loss scaling)
-                        bad = last and not engine.was_step_applied() and t.precision != "fp16"
-                state.micro_step += 1
-                _accumulate(step_stats, stats)
-                meter.samples += objective.num_samples(batch)
-                step_tokens += objective.num_tokens(batch)
-            meter.tokens += step_tokens
-            state.step += 1
-            if profiler is not None:
-                profiler.after_step(state.step)
-            if bad:
-                state.skipped_steps += 1
-                streak += 1
-                if streak > t.nonfinite_skip_limit:
-                    raise diverged(state.step - streak + 1)
-                if env.is_main:
-                    warnings.warn(
-                        f"step {state.step}: non-finite loss or gradients, optimizer step skipped "
-                        f"({streak} in a row; trainer.nonfinite_skip_limit="
-                        f"{t.nonfinite_skip_limit})",
-                        stacklevel=1,
-                    )
-            else:
-                streak = 0
-                for k, v in step_stats.items():
-                    window[k] = window.get(k, 0.0) + v
-            state.epoch = data.epoch
-            state.samples_seen += t.micro_batch_size * t.grad_accum_steps * env.world_size
-            state.tokens_seen += step_tokens * env.world_size
-
-            # (nothing to log when every step since the last log was skipped)
-            if window and (state.step % t.log_every == 0 or state.step == t.max_steps):
-                metrics = objective.summarize(_reduce(window, objective.stat_keys, device), "train")
-                grad_norm = engine.get_global_grad_norm()
-                metrics.update(
-                    {
-                        "train/lr": engine.get_lr()[0],
-                        "train/grad_norm": float(
-                            last_grad_norm if grad_norm is None else grad_norm
-                        ),
-                        "train/tokens_seen": float(state.tokens_seen),
-                        "train/epoch": float(state.epoch),
-                        "train/skipped_steps": float(state.skipped_steps),
-                        "perf/peak_memory_gib": peak_memory_bytes(device) / 2**30,
-                        **meter.summary(env.world_size, flops_per_sample, peak_flops),
-                    }
-                )
-                logger.log(metrics, state.step)
-                if result.first_loss is None:
-                    result.first_loss = metrics["train/loss"]
-                result.last_loss = metrics["train/loss"]
-                if progress is not None:
-                    progress.set_postfix(loss=f"{metrics['train/loss']:.4f}")
-                window = {}
-                meter.reset()
-            if progress is not None:
-                progress.update(1)
-
-            if val_loader is not None and (
-                state.step % t.val_every == 0 or state.step == t.max_steps
-            ):
-                with autocast():
-                    result.val_metrics = evaluate(
-                        engine, val_loader, objective, t.val_batches, device, env.world_size
-                    )
-                logger.log(result.val_metrics, state.step)
-                logger.log_images(objective.images(), state.step)
-
-            stop = dist_utils.all_reduce_max_flag(stopper.requested, device)
-            if stop or (stop_at_step is not None and state.step >= stop_at_step):
-                result.status = "preempted" if stop else "stopped"
-                if not bad:  # a skipped step's weights just gave a non-finite loss: never saved
-                    result.checkpoint = save(state.step)
-                break
-            every = cfg.checkpoint.every
-            if not bad and (
-                (every and state.step % every == 0)
-                or (state.step == t.max_steps and cfg.checkpoint.save_final)
-            ):
-                result.checkpoint = save(state.step)
-            if probes is not None and state.step % cfg.probes.every == 0:
-                probes.run(engine, state.step)
-    finally:
-        if profiler is not None:
-            profiler.close()
-        if progress is not None:
-            progress.close()
-        logger.close()
-    result.state = state
-    return result

@@ -33,7 +33,7 @@ def _train_and_save(rank: int, world: int, out: str) -> None:
     from pretrain.config import config_from_dict
     from pretrain.glue.probes import gather_state_dict
     from pretrain.train import checkpoint as ckpt
-    from pretrain.train.trainer import _build_engine
+    from pretrain.train.engine import build_engine
 
     for stage, precision in STAGES:
         cfg = config_from_dict(
@@ -47,7 +47,7 @@ def _train_and_save(rank: int, world: int, out: str) -> None:
         torch.manual_seed(0)
         model = PerceiverMLM(cfg.model)
         model.init_weights()
-        engine = _build_engine(cfg, model, torch.device("cpu"), world, False)
+        engine = build_engine(cfg, model, torch.device("cpu"), world, False)
         gen = torch.Generator().manual_seed(rank)
         for _ in range(2):
             ids = torch.randint(6, 262, (2, 32), generator=gen)

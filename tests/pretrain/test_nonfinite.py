@@ -19,7 +19,8 @@ def _skip_changes_nothing(rank: int, world: int) -> None:
     from pretrain.config import config_from_dict
     from pretrain.glue.probes import gather_state_dict
     from pretrain.models.perceiver_io import PerceiverMLM
-    from pretrain.train.trainer import _any_rank, _build_engine, _skip_step
+    from pretrain.train.distributed import any_rank
+    from pretrain.train.engine import build_engine, skip_step
 
     for stage, precision, opt in ENGINES:
         cfg = config_from_dict(
@@ -37,7 +38,7 @@ def _skip_changes_nothing(rank: int, world: int) -> None:
             torch.manual_seed(0)
             model = PerceiverMLM(cfg.model)
             model.init_weights()
-            engine = _build_engine(cfg, model, torch.device("cpu"), world, False)
+            engine = build_engine(cfg, model, torch.device("cpu"), world, False)
 
             def loss_of(ids, engine=engine, precision=precision):
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -54,8 +55,8 @@ def _skip_changes_nothing(rank: int, world: int) -> None:
                 if rank == 1:  # one rank diverges: every rank must skip
                     loss = loss * float("inf")
                 flag = (~torch.isfinite(loss.detach())).float()
-                assert _any_rank(flag)
-                _skip_step(engine, loss)
+                assert any_rank(flag)
+                skip_step(engine, loss)
                 after = gather_state_dict(engine, rank == 0)
                 if rank == 0:
                     assert all(torch.equal(before[k], after[k]) for k in before), (stage, opt)

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from slurm.cluster import JobRequest, SubmitError
-from slurm.launcher import executor_parameters, expand_grid, hook_lines, point_name, sbatch_text
+from slurm.cluster import JobRequest, SubmitError, executor_parameters
+from slurm.launcher import expand_grid, hook_lines, point_name, sbatch_text
 from tests.conftest import REPO
 from tests.slurm.conftest import slurm_env
 
