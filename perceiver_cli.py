@@ -17,13 +17,19 @@ from pretrain.export_cli import add_export_subcommands
 from pretrain.glue.cli import add_glue_subcommand
 from pretrain.inference.cli import add_inference_subcommands
 from slurm.cli import add_glue_slurm_options, add_slurm_subcommands
-from slurm.probes import probe_submitter
+
+
+def _probe_submitter(cfg):
+    """``slurm.probes.probe_submitter``, imported when a run has Slurm probes (it loads torch)."""
+    from slurm.probes import probe_submitter
+
+    return probe_submitter(cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``perceiver`` parser (subcommands listed in this order by ``perceiver --help``)."""
     parser, sub = new_parser()
-    add_train_subcommand(sub, probe_submitter, module="perceiver_cli")  # train
+    add_train_subcommand(sub, _probe_submitter, module="perceiver_cli")  # train
     add_data_command(sub)  # data prepare|inspect|train-spm|prepare-video
     add_demo_subcommand(sub)  # demo
     add_slurm_subcommands(sub)  # submit, status

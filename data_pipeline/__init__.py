@@ -46,7 +46,6 @@ _EXPORTS = {
     "read_manifest": "shards.manifest",
     "write_manifest": "shards.manifest",
     "check_shards": "shards.manifest",
-    "check_manifest": "shards.manifest",
     "prepare_corpus": "shards.prepare",
     "prepare_demo_corpus": "shards.prepare",
     "build_dataloader": "loading.dataset",
@@ -67,7 +66,6 @@ _EXPORTS = {
     "MixtureSource": "loading.mixtures",
     "build_mixture_dataloader": "loading.mixtures",
     "build_val_loader": "loading.mixtures",
-    "check_datasets": "shards.manifest",
     "segment_ids": "loading.collators",
 }
 

@@ -44,6 +44,7 @@ import yaml
 from torch import Tensor, nn
 
 from data_pipeline.files import atomic_write_json
+from pretrain.config.objectives import MOVED_KEYS
 from pretrain.train import checkpoint as ckpt
 
 NATIVE_FORMAT = "perceiver-pretrain"
@@ -199,6 +200,17 @@ def run_tokenizer(run_config: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def architecture_only(model: dict[str, Any]) -> dict[str, Any]:
+    """A saved model section without the objective settings older versions kept in it.
+
+    Until the config tree gave objectives their own section, the multimodal model's config also
+    held its loss weights, query counts and label-mask probability (now ``objective.*``). They
+    never shaped a weight, so checkpoints and exports written then load as they are.
+    """
+    moved = {key.split(".", 1)[1] for key in MOVED_KEYS if key.startswith("model.")}
+    return {k: v for k, v in model.items() if k not in moved}
+
+
 def read_checkpoint(path: str | Path, tokenizer: str | None = None) -> Pretrained:
     """A run directory or checkpoint -> :class:`Pretrained` (consolidated fp32 weights)."""
     checkpoint = find_checkpoint(path)
@@ -206,7 +218,7 @@ def read_checkpoint(path: str | Path, tokenizer: str | None = None) -> Pretraine
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: missing; the checkpoint cannot explain itself")
     run_config = yaml.safe_load(config_file.read_text()) or {}
-    model = dict(run_config.get("model") or {})
+    model = architecture_only(dict(run_config.get("model") or {}))
     model_type = model.pop("type", None)
     if model_type is None:
         raise ValueError(f"{config_file}: no model.type")
@@ -250,7 +262,8 @@ def read_export(directory: str | Path) -> Pretrained:
         tokenizer["model_file"] = str((directory / tokenizer.get("model_file", SPM_NAME)).resolve())
     weights = {k: v.float() for k, v in load_file(directory / WEIGHTS_NAME).items()}
     source = {"kind": "export", "path": str(directory.resolve()), **meta.get("source", {})}
-    return Pretrained(meta["model_type"], dict(meta["model"]), weights, tokenizer, source)
+    model = architecture_only(dict(meta["model"]))
+    return Pretrained(meta["model_type"], model, weights, tokenizer, source)
 
 
 def read_hf(directory: str | Path) -> Pretrained:

@@ -17,7 +17,14 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pretrain.train.distributed import expand_nodelist
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """``n[1-3],m1`` -> host names (``pretrain.train.distributed.expand_nodelist``, imported here
+    only when called: that module imports torch, and ``perceiver --help`` should not)."""
+    from pretrain.train.distributed import expand_nodelist as expand
+
+    return expand(nodelist)
+
 
 
 class SubmitError(ValueError):

@@ -51,7 +51,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data_pipeline.loading.collators import MLMMasker  # noqa: E402
-from data_pipeline.shards.manifest import check_manifest, iter_samples  # noqa: E402
+from data_pipeline.shards.manifest import check_shards, iter_samples  # noqa: E402
 from data_pipeline.shards.prepare import prepare_demo_corpus  # noqa: E402
 from data_pipeline.tokenization.tokenizer import tokenizer_from_manifest  # noqa: E402
 from pretrain.config import CONFIG_ROOT, Config, load_config  # noqa: E402
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
         ],
     )
     model_cfg = cfg.model
-    manifest = check_manifest(
+    manifest = check_shards(
         data_dir, seq_len=model_cfg.max_seq_len, objective="mlm", vocab_size=model_cfg.vocab_size
     )
     masker = MLMMasker(

@@ -83,7 +83,10 @@ class EmptySplitError(ValueError):
     """A split of a shard directory holds no sample (the trainer runs without validation)."""
 
 
+# What torchrun, deepspeed and our launchers set on every rank (streaming reads the first four);
+# a process that starts other jobs or ranks removes all of them from their environment.
 DIST_VARS = ("WORLD_SIZE", "RANK", "LOCAL_WORLD_SIZE", "LOCAL_RANK")
+LAUNCHER_VARS = (*DIST_VARS, "MASTER_ADDR", "MASTER_PORT")
 _shm_checked = False
 _SHM_DIR = Path("/dev/shm")
 _SHM_NAME = re.compile(r"^(\d{6})_(?:" + "|".join(map(re.escape, SHM_TO_CLEAN)) + ")$")

@@ -32,7 +32,7 @@ from data_pipeline.loading.dataset import (
     ignore_stop_signals,
     streams_dataset,
 )
-from data_pipeline.shards.manifest import check_datasets, check_shards
+from data_pipeline.shards.manifest import check_shards
 from data_pipeline.shards.remote import absolute
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "MixtureSource",
     "build_mixture_dataloader",
     "build_val_loader",
-    "check_datasets",  # = manifest.check_shards, where pretrain imports it
 ]
 
 

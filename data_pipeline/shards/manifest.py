@@ -274,11 +274,6 @@ def _check_video(
         )
 
 
-# The names the validator had before it was one (text: one directory / a mixture); pretrain
-# calls them. Same function, same rules.
-check_manifest = check_shards
-check_datasets = check_shards
-
 
 def read_video_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a video shard directory (`read_manifest(data_dir, "video")`)."""

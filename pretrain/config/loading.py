@@ -17,7 +17,7 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -25,7 +25,9 @@ from data_pipeline.files import atomic_write_text
 from pretrain.config.errors import ConfigError
 from pretrain.config.objectives import MOVED_KEYS, OBJECTIVE_CONFIGS, default_objective
 from pretrain.config.schema import Config
-from pretrain.models import MODEL_TYPES, ModelConfig
+
+if TYPE_CHECKING:
+    from pretrain.models import ModelConfig
 
 CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
 
@@ -198,6 +200,8 @@ def _refuse_moved(section: str, keys: Any) -> None:
 
 def _resolve_model(raw: Any, search_dirs: list[Path]) -> ModelConfig:
     """The typed model config of ``model.type`` (after loading ``model.preset``)."""
+    from pretrain.models import MODEL_TYPES  # torch: only once a config is built
+
     if not isinstance(raw, dict):
         raise ConfigError("model: expected a mapping with `type` or `preset`")
     raw = dict(raw)
@@ -271,7 +275,9 @@ def config_from_dict(
         raise ConfigError(
             f"{unknown[0]}: unknown key; valid keys here: {', '.join(sorted(fields))}"
         )
-    hints = typing.get_type_hints(Config)
+    from pretrain.models import ModelConfig  # torch: only once a config is built
+
+    hints = typing.get_type_hints(Config, localns={"ModelConfig": ModelConfig})
     kwargs = {k: _coerce(v, hints[k], k) for k, v in sections.items()}
     cfg = Config(model=model, objective=objective, **kwargs)
     cfg.validate()

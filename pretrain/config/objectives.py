@@ -28,10 +28,10 @@ def _data_keys(cfg: Any) -> list[tuple[str, str]]:
 def _check_mixture(cfg: Any) -> None:
     """One tokenizer and one sample length across a mixture's datasets."""
     if cfg.data.mixture:
-        from data_pipeline.loading.mixtures import check_datasets
+        from data_pipeline.shards.manifest import check_shards
 
         try:
-            check_datasets([data_dir for _, data_dir in _data_keys(cfg)])
+            check_shards([data_dir for _, data_dir in _data_keys(cfg)])
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"data.mixture: {e}") from None
 
@@ -49,11 +49,11 @@ class _TextObjectiveConfig:
 
     def check_data(self, cfg: Any) -> None:
         """Refuse shards that do not fit the model (sample length, vocabulary, objective)."""
-        from data_pipeline.shards.manifest import check_manifest
+        from data_pipeline.shards.manifest import check_shards
 
         for key, data_dir in _data_keys(cfg):
             try:
-                check_manifest(
+                check_shards(
                     data_dir,
                     seq_len=cfg.model.max_seq_len,
                     objective=self.name,

@@ -11,14 +11,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from data_pipeline.shards.remote import check_location, is_url, under
 from pretrain.config.errors import ConfigError
 from pretrain.config.objectives import ObjectiveConfig
-from pretrain.models import ModelConfig
+
+if TYPE_CHECKING:  # pretrain.models imports torch; the config tree must load without it
+    from pretrain.models import ModelConfig
 
 
 @dataclass

@@ -55,7 +55,7 @@ class MLMObjective(Objective):
         from data_pipeline.shards.manifest import read_manifest
         from data_pipeline.tokenization.tokenizer import tokenizer_from_manifest
 
-        # every dataset of a mixture was checked to share one tokenizer (check_datasets)
+        # every dataset of a mixture was checked to share one tokenizer (check_shards)
         data_dir = cfg.data.dataset_dirs()[0][1]
         tokenizer = tokenizer_from_manifest(data_dir, read_manifest(data_dir))
         settings = cfg.objective

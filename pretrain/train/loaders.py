@@ -28,9 +28,9 @@ def build_loader(cfg: Config, objective: Any, split: str, shuffle: bool) -> Any:
     if loader is not None:  # `is None`, not `or`: an empty loader has len() 0 and is falsy
         return loader
     if split == cfg.data.train_split and objective.shard_kind == "text":
-        from data_pipeline.loading.mixtures import check_datasets
+        from data_pipeline.shards.manifest import check_shards
 
-        check_datasets(
+        check_shards(
             [d for _, d, _ in cfg.data.dataset_dirs()],
             max_seq_len=cfg.model.max_seq_len,
             objective=cfg.objective.name,

@@ -298,7 +298,7 @@ def _prepare_unprivileged(args: list[str]) -> subprocess.CompletedProcess:
         if shutil.which("setpriv") is None:
             skip_unless_ci("running as root without setpriv: permissions cannot be tested")
         prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-    command = [*prefix, sys.executable, "-m", "data_pipeline.cli", "data", "prepare", *args]
+    command = [*prefix, sys.executable, "-m", "perceiver_cli", "data", "prepare", *args]
     return subprocess.run(command, cwd=REPO, env=clean_env(), capture_output=True, text=True)
 
 

@@ -108,11 +108,11 @@ def test_mixture_of_an_s3_and_a_local_dataset_resumes_exactly(
     from data_pipeline.loading.mixtures import (
         MixtureSource,
         build_mixture_dataloader,
-        check_datasets,
     )
+    from data_pipeline.shards.manifest import check_shards
 
     with pytest.raises(ValueError, match="one sample length"):
-        check_datasets([s3_demo, numbered.root])
+        check_shards([s3_demo, numbered.root])
 
     other = tmp_path / "other"  # a second local dataset (a mixture reads each one once)
     shutil.copytree(local_demo, other)

@@ -209,3 +209,15 @@ def test_sentencepiece_tokenizer_travels_with_the_export(pretrained, tmp_path):
     assert encode_pair(tokenizer, "cats", "dogs", 16)[0] == tokenizer.cls_id
     with pytest.raises(FileNotFoundError, match="pass --tokenizer"):
         run_tokenizer({"data": {"dir": str(tmp_path / "gone")}, "model": {"vocab_size": 300}})
+
+
+def test_saved_model_sections_drop_the_settings_that_moved_to_objective() -> None:
+    from pretrain.export import architecture_only
+    from pretrain.models import build_config
+
+    old = {"type": "perceiver_io_multimodal", "label_mask_prob": 0.5, "video_loss_weight": 0.03}
+    assert architecture_only(old) == {"type": "perceiver_io_multimodal"}
+    with pytest.raises(ValueError, match="unknown"):  # what an old export hit before
+        build_config("perceiver_io_multimodal", old)
+    build_config("perceiver_io_multimodal", architecture_only(old))
+

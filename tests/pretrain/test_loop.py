@@ -47,7 +47,7 @@ def shards(tmp_path_factory) -> Path:
     from data_pipeline.cli import prepare_demo_corpus
 
     out = tmp_path_factory.mktemp("shards") / "mlm"
-    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model_config().max_seq_len
+    seq_len = load_config(REPO / "configs" / "tiny_mlm.yaml").model.max_seq_len
     prepare_demo_corpus(out, seq_len=seq_len, objective="mlm", max_bytes=400_000)
     return out
 

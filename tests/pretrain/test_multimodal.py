@@ -423,7 +423,7 @@ def test_video_mixture_trains_and_refuses_mismatched_clips(tiny_video_shards, tm
 
     import yaml
 
-    from data_pipeline.loading.mixtures import check_datasets
+    from data_pipeline.shards.manifest import check_shards
     from pretrain.objectives.registry import check_data
 
     root = tmp_path / "data"
@@ -458,11 +458,11 @@ def test_video_mixture_trains_and_refuses_mismatched_clips(tiny_video_shards, tm
     with pytest.raises(ConfigError, match=r"data.mixture\[1\].dir: .*num_frames=8"):
         check_data(load_config(config))
     with pytest.raises(ValueError, match="one clip geometry"):
-        check_datasets([root / "kinetics", root / "other"])
+        check_shards([root / "kinetics", root / "other"])
     text = tmp_path / "text"
     (text).mkdir()
     (text / "manifest.json").write_text(
         json.dumps({**manifest, "kind": "tokens", "format_version": manifest["format_version"]})
     )
     with pytest.raises(ValueError, match="a mixture needs one kind"):
-        check_datasets([root / "kinetics", text])
+        check_shards([root / "kinetics", text])
