@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.files import atomic_write_json
-from data_pipeline.loading.dataset import DIST_VARS
+from data_pipeline.loading.dataset import LAUNCHER_VARS
 from pretrain.config import Config, load_config, save_config
 from slurm import lifecycle
 from slurm.cluster import (
@@ -53,7 +53,7 @@ from slurm.cluster import (
 
 # Variables a submitting shell may carry (e.g. from inside another job) that would override what
 # each task derives from Slurm.
-INHERITED_DIST_VARS = (*DIST_VARS, "MASTER_ADDR", "MASTER_PORT")
+INHERITED_DIST_VARS = LAUNCHER_VARS
 DEFAULT_TIME = "24:00:00"
 
 

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from data_pipeline.files import atomic_write_json
+from data_pipeline.loading.dataset import LAUNCHER_VARS
 from pretrain.export import Pretrained, run_tokenizer, write_native
 from pretrain.train.hooks import Hook, LoopContext
 
@@ -46,7 +47,7 @@ PROBES_DIR = "probes"
 RESULTS_FILE = "results.jsonl"
 # Variables a child must not inherit from a training rank (it is a job of its own).
 STRIP_PREFIXES = ("SLURM_", "SUBMITIT_", "TORCHELASTIC_")
-STRIP_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+STRIP_VARS = LAUNCHER_VARS
 
 
 def probe_dir(run_dir: str | Path, step: int) -> Path:
