@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data_pipeline.flow.cli import add_flow_subcommands
+from data_pipeline.images.cli import add_prepare_images_subcommand
 from data_pipeline.inspection import rejected_reasons, run_inspect
 from data_pipeline.shards.manifest import DEFAULT_SIZE_LIMIT
 from data_pipeline.shards.packing import OBJECTIVES
@@ -188,6 +189,7 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     add_train_spm_subcommand(subparsers)
     add_prepare_video_subcommand(subparsers)
+    add_prepare_images_subcommand(subparsers)
     add_flow_subcommands(subparsers)
 
 

@@ -191,12 +191,13 @@ def check_shards(
             )
     if first_kind in ("video", "image"):
         names = ("video", "audio", "classes") if first_kind == "video" else ("classes",)
+        need = "clips needs one clip geometry and" if first_kind == "video" else "images needs"
         for data_dir, manifest in manifests[1:]:
             for name in names:
                 if manifest[name] != first[name]:
                     raise ValueError(
                         f"{data_dir} has {name} {manifest[name]} but {first_dir} {first[name]}: "
-                        f"a mixture of {first_kind} shards needs one class list (and clip geometry)"
+                        f"a mixture of {need} one class list"
                     )
         if first_kind == "video":
             _check_video(first_dir, first, clip, num_classes)
