@@ -256,10 +256,11 @@ def _shard_files(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_generate_flow_shards_same_bytes_for_any_worker_count(tmp_path):
+def test_generate_flow_shards_same_bytes_for_any_worker_count(tmp_path, capsys):
     from data_pipeline.cli import main
     from data_pipeline.flow.generate import generate_pair
     from data_pipeline.flow.shards import generate_flow, pair_seed
+    from data_pipeline.inspection import inspect_shards
     from data_pipeline.shards.manifest import (
         check_flow_manifest,
         check_image_manifest,
@@ -289,6 +290,15 @@ def test_generate_flow_shards_same_bytes_for_any_worker_count(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(last["frame1"]))), frame1)
     np.testing.assert_array_equal(last["flow"], flow)
     assert last["valid"].dtype == np.uint8 and last["valid"].all()
+    summary = inspect_shards(tmp_path / "two", num_samples=1)
+    assert summary["kind"] == "flow" and summary["consistent_with_manifest"]
+    assert (summary["height"], summary["width"]) == (16, 24)
+    assert summary["samples"][0]["valid_fraction"] == 1.0
+    assert 0 < summary["samples"][0]["flow_max"] <= 10.0
+    capsys.readouterr()
+    assert main(["data", "inspect", str(tmp_path / "two")]) == 0
+    text = capsys.readouterr().out
+    assert "frame pairs + flow" in text and "frames 16x24" in text and "5 pairs" in text
     with pytest.raises(ValueError, match=r"two: not image shards \(kind 'flow'\)"):
         check_image_manifest(tmp_path / "two")
     with pytest.raises(ValueError, match="val"):

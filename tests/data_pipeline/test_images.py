@@ -144,7 +144,7 @@ def test_listing_layouts_and_label_files(train_tree, tmp_path):
     assert [(r.path, r.reason) for r in pets.rejections] == [("loose.png", "no_label")]
 
 
-def test_prepare_images_counts_conversions_and_rejections(train_tree, tmp_path):
+def test_prepare_images_counts_conversions_and_rejections(train_tree, tmp_path, capsys):
     out = tmp_path / "shards"
     argv = ["data", "prepare-images", "--input", str(train_tree), "--output", str(out),
             "--val-fraction", "0.3", "--no-progress"]  # fmt: skip
@@ -184,6 +184,19 @@ def test_prepare_images_counts_conversions_and_rejections(train_tree, tmp_path):
                 assert image.format == "PNG"
     with pytest.raises(ValueError, match="more than the model's"):
         check_image_manifest(out, num_classes=2)
+    # perceiver data inspect
+    from data_pipeline.inspection import inspect_shards
+
+    summary = inspect_shards(out, num_samples=2)
+    assert summary["kind"] == "image" and summary["consistent_with_manifest"]
+    assert summary["rejected"] == {"count": 3, "by_reason": manifest["rejected_by_reason"]}
+    assert summary["splits"]["train"]["samples"] == splits["train"]["samples"]
+    assert len(summary["samples"]) == 2 and summary["samples"][0]["size"][0] in (12, 20)
+    capsys.readouterr()
+    assert main(["data", "inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 classes (layout imagenet-train" in text and "grayscale: 1" in text
+    assert f"{SYNSETS[2]}/truncated.JPEG: corrupt" in text and "--- train image 0" in text
     with pytest.raises(SystemExit, match="already holds complete shards"):
         main(argv)
 
