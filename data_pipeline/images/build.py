@@ -56,6 +56,7 @@ __all__ = [
     "Rejection",
     "TaskResult",
     "build_shards",
+    "check_local_output",
 ]
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,19 @@ def _done_parts(build: Path) -> dict[tuple[str, str], dict]:
     return done
 
 
+def check_local_output(out_dir: str | os.PathLike[str], command: str) -> None:
+    """Refuses an object-storage URL as output (before any input is listed or decoded).
+
+    Raises:
+        ValueError: Naming the URL and what to do instead.
+    """
+    if is_url(out_dir):
+        raise ValueError(
+            f"output: {command} writes a local directory, not {os.fspath(out_dir)}; build it "
+            "locally, then upload it with manifest.json last (data_pipeline.shards.remote.publish)"
+        )
+
+
 def build_shards(
     out_dir: str | os.PathLike[str],
     *,
@@ -224,11 +238,7 @@ def build_shards(
     """
     from tqdm import tqdm
 
-    if is_url(out_dir):
-        raise ValueError(
-            f"output: {command} writes a local directory, not {os.fspath(out_dir)}; build it "
-            "locally, then upload it with manifest.json last (data_pipeline.shards.remote.publish)"
-        )
+    check_local_output(out_dir, command)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if part_size < 1:

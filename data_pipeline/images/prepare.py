@@ -26,7 +26,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.images.build import PART_SIZE, Rejection, TaskResult, build_shards
+from data_pipeline.images.build import (
+    PART_SIZE,
+    Rejection,
+    TaskResult,
+    build_shards,
+    check_local_output,
+)
 from data_pipeline.images.listing import list_images
 from data_pipeline.shards.manifest import DEFAULT_SIZE_LIMIT
 
@@ -182,6 +188,7 @@ def prepare_images(
         FileNotFoundError: If the input or a given file does not exist.
         ValueError: For bad arguments or label files, or when no training image is left.
     """
+    check_local_output(out_dir, "prepare-images")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     listing = list_images(

@@ -262,5 +262,13 @@ def test_prepare_images_errors(tmp_path):
         prepare_images(tmp_path / "in", tmp_path / "out", val_fraction=0.0, progress=False)
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit, match="writes a local directory, not s3://"):
-        main(["data", "prepare-images", "--input", str(tmp_path / "in"), "--output",
-              "s3://bucket/images"])  # fmt: skip
+        main(
+            [
+                "data",
+                "prepare-images",
+                "--input",
+                str(tmp_path / "missing"),
+                "--output",
+                "s3://bucket/images",
+            ]
+        )  # fmt: skip  (refused before the input is listed)
