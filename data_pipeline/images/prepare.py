@@ -11,9 +11,9 @@ Layout (the "image" shard contract of docs/vision_data.md):
 
 Every file is fully decoded (Pillow) before it is kept, so truncated or corrupt files are
 rejected here, never in a training run. Images that are not 8-bit RGB are converted to RGB and
-re-encoded: grayscale, CMYK, palette, with alpha (composited on white) or of other modes, each
-counted by kind; JPEG inputs are re-encoded as JPEG quality 95, everything else as PNG. RGB
-files in other formats than JPEG and PNG (BMP, GIF, TIFF, WebP, PPM) are re-encoded as PNG
+re-encoded: grayscale, CMYK, palette, with alpha (composited on white), 16-bit or of other
+modes, each counted by kind; JPEG inputs are re-encoded as JPEG quality 95, everything else as
+PNG. RGB files in other formats than JPEG and PNG (BMP, GIF, TIFF, WebP, PPM) are re-encoded as PNG
 (counted as ``format``). The build is parallel, the same bytes for any worker count, and
 resumable (`images.build`).
 """
@@ -47,7 +47,7 @@ __all__ = [
 
 KIND = "image"
 IMAGE_COLUMNS = {"image": "bytes", "label": "int", "path": "str"}
-CONVERSIONS = ("grayscale", "cmyk", "palette", "alpha", "other_mode", "format")
+CONVERSIONS = ("grayscale", "cmyk", "palette", "alpha", "other_mode", "bit_depth", "format")
 """Conversion kinds counted in the manifest."""
 JPEG_QUALITY = 95
 _GRAY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -62,8 +62,10 @@ class ImageError(ValueError):
         self.detail = detail
 
 
-def _conversion(mode: str, fmt: str | None, info: dict[str, Any]) -> str | None:
+def _conversion(mode: str, fmt: str | None, info: dict[str, Any], data: bytes) -> str | None:
     if mode == "RGB":
+        if fmt == "PNG" and data[24:25] == b"\x10":  # IHDR bit depth 16 (Pillow reads 8 bits)
+            return "bit_depth"
         return None if fmt in ("JPEG", "PNG") else "format"
     if mode in _GRAY_MODES:
         return "grayscale"
@@ -104,7 +106,7 @@ def convert_image(data: bytes, what: str) -> tuple[bytes, str | None, str]:
     try:
         with image:
             image.load()  # decodes every pixel: truncated and corrupt data raise here
-            conversion = _conversion(image.mode, fmt, image.info)
+            conversion = _conversion(image.mode, fmt, image.info, data)
             if conversion is None:
                 return data, None, fmt or "unknown"
             if conversion == "grayscale" and image.mode not in ("1", "L"):

@@ -81,6 +81,19 @@ def test_convert_image_keeps_rgb_bytes_and_converts_the_rest(tmp_path):
         image = Image.open(io.BytesIO(stored))
         assert image.mode == "RGB" and image.size == (16, 12)
         assert image.format == ("JPEG" if fmt == "JPEG" else "PNG")
+    # a 16-bit RGB PNG (written by the KITTI flow writer) becomes 8-bit, high bytes kept
+    from data_pipeline.flow.formats import write_kitti_flow
+
+    sixteen = write_kitti_flow(tmp_path / "16.png", np.full((4, 5, 2), 2.0, np.float32))
+    stored, conversion, fmt = convert_image(sixteen.read_bytes(), "16.png")
+    assert (conversion, fmt) == ("bit_depth", "PNG")
+    assert np.asarray(Image.open(io.BytesIO(stored)))[0, 0].tolist() == [
+        (2 * 64 + 32768) >> 8, (2 * 64 + 32768) >> 8, 0
+    ]  # fmt: skip
+    from data_pipeline.loading.collators import decode_rgb
+
+    assert str(decode_rgb(sixteen.read_bytes()).dtype) == "torch.uint8"
+    assert decode_rgb(sixteen.read_bytes())[:, 0, 0].tolist() == [128, 128, 0]
     # fully transparent pixels become white; CMYK comes back close to the original colours
     alpha = Image.open(io.BytesIO(convert_image((tmp_path / "a.png").read_bytes(), "a")[0]))
     assert np.asarray(alpha).min() == 255
