@@ -129,8 +129,8 @@ def convert_image(data: bytes, what: str) -> tuple[bytes, str | None, str]:
     return buffer.getvalue(), conversion, fmt or "unknown"
 
 
-def _image_task(task: tuple[str, str, int]) -> TaskResult:
-    path, rel, label = task
+def _image_task(task: tuple[str, str, int, str]) -> TaskResult:
+    path, rel, label, _ = task  # the stamp only tells a resumed build what changed
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -197,7 +197,11 @@ def prepare_images(
         input_dir, layout=layout, val_labels=val_labels, synsets=synsets, val_fraction=val_fraction
     )
     tasks = {
-        split: [(item.path, item.rel, item.label) for item in listing.items if item.split == split]
+        split: [
+            (item.path, item.rel, item.label, item.stamp)
+            for item in listing.items
+            if item.split == split
+        ]
         for split in ("train", "val")
     }
     classes = listing.classes

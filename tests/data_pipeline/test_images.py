@@ -254,6 +254,29 @@ def test_workers_same_bytes_and_resume_after_a_crash(train_tree, tmp_path, monke
                              progress=False)  # fmt: skip
     assert len(calls) == sum(one["parts"].values()) - 2  # only the missing parts ran
     assert files(tmp_path / "three") == files(tmp_path / "one")
+    # a file changed after the crash: its finished part is redone, the others are kept
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(build_module, "_run_part", crash_on_third)
+        prepare_images(train_tree, tmp_path / "five", val_fraction=0.3, part_size=4,
+                       progress=False)  # fmt: skip
+    assert (tmp_path / ".five.build" / "parts" / "train-00000.json").is_file()
+    calls.clear()
+    monkeypatch.setattr(build_module, "_run_part", lambda job: calls.append(job) or real(job))
+    first = next(i for i in list_images(train_tree, val_fraction=0.3).items if i.split == "train")
+    changed = Path(first.path)  # in train part 00000, finished before the crash
+    original = changed.read_bytes()
+    try:
+        _save(changed, _rgb(99), quality=90)
+        prepare_images(train_tree, tmp_path / "five", val_fraction=0.3, part_size=4,
+                       progress=False)  # fmt: skip
+    finally:
+        changed.write_bytes(original)
+    redone = {(job[1], job[2]) for job in calls}
+    assert len(redone) == sum(one["parts"].values()) - 1  # the changed file's part was redone
+    (sample,) = [s for s in iter_stored_samples(tmp_path / "five", "train")
+                 if s["path"] == first.rel]  # fmt: skip
+    assert sample["image"] != original
     assert resumed["splits"] == one["splits"] and not (tmp_path / ".three.build").exists()
     # an unfinished build with other settings is refused, not mixed
     monkeypatch.setattr(build_module, "_run_part", crash_on_third)
