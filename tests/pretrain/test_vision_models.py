@@ -3,6 +3,10 @@ counts and FLOPs, patch extraction, config errors, activation checkpointing, the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import yaml
@@ -163,3 +167,28 @@ def test_tiny_image_classifier_learns_a_batch():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0], losses
+
+
+def test_bench_vision_smoke_runs():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "bench_vision.py"),
+            "--smoke",
+            "--models",
+            "conv",
+            "flow",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [
+        line.split()
+        for line in proc.stdout.splitlines()
+        if line.split()[:1] in (["conv"], ["flow"])
+    ]
+    assert [r[0] for r in rows] == ["conv", "flow"]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), proc.stdout
