@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             8,
             32,
         )
-        args.steps, args.rounds, args.warmup = 1, 1, 0
+        args.steps, args.rounds, args.warmup, args.threads = 1, 1, 0, 1
     return args
 
 

@@ -28,6 +28,16 @@ PAPER = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread (two OpenMP threads on a loaded 2-core machine wait for each
+    other at every op, up to 30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def preset(name: str, **overrides):
     raw = {**yaml.safe_load((PRESETS / f"{name}.yaml").read_text()), **overrides}
     return build_config(raw["type"], raw)
