@@ -202,3 +202,45 @@ def test_bench_vision_smoke_runs():
     ]
     assert [r[0] for r in rows] == ["conv", "flow"]
     assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), proc.stdout
+
+
+def _build_partitioned(rank: int, world: int, out: str) -> None:
+    import deepspeed
+
+    from pretrain.train.parallelize import build_for_training, num_parameters
+
+    deepspeed.init_distributed("gloo")
+    ds_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+    saved = {}
+    for name, overrides in ZERO3_MODELS:
+        cfg = preset(name, **overrides)
+        model = build_for_training(cfg.type, cfg, 0, ds_config)
+        assert sum(p.numel() for p in model.parameters()) == 0  # partitioned: none held whole
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            weights = {k: p.detach().clone() for k, p in model.named_parameters()}
+        saved[name + str(overrides)] = (num_parameters(model), weights)
+    if rank == 0:
+        torch.save(saved, f"{out}/partitioned.pt")
+
+
+ZERO3_MODELS = [
+    ("perceiver_io_image_tiny", {"preprocessing": "conv", "preprocessing_channels": 8}),
+    ("perceiver_io_image_tiny", {"preprocessing": "learned", "preprocessing_channels": 8}),
+    ("perceiver_io_flow_tiny", {}),
+]
+
+
+@pytest.mark.distributed
+def test_zero3_builds_partitioned_with_the_weights_of_a_whole_build(tmp_path):
+    from pretrain.train.parallelize import build_for_training
+    from tests.conftest import run_distributed
+
+    run_distributed(_build_partitioned, 2, (str(tmp_path),))
+    saved = torch.load(tmp_path / "partitioned.pt")
+    for name, overrides in ZERO3_MODELS:
+        cfg = preset(name, **overrides)
+        whole = dict(build_for_training(cfg.type, cfg, 0).named_parameters())
+        total, weights = saved[name + str(overrides)]
+        assert total == cfg.num_params() and weights.keys() == whole.keys()
+        for key, value in weights.items():
+            assert torch.equal(value, whole[key]), (name, key)
