@@ -59,6 +59,22 @@ def test_paper_presets_have_hfs_parameter_counts(name):
     assert n == cfg.num_params() == sum(p.numel() for p in hf.parameters()) == expected
 
 
+def test_learned_classifier_at_hfs_default_image_size_has_the_published_count():
+    """50,213,608: HF's PerceiverForImageClassificationLearned with PerceiverConfig's defaults
+    (image_size 56, so 56 x 56 learned positions), the count HF's docs quote."""
+    import transformers
+
+    from pretrain.models.hf_vision import hf_config
+
+    cfg = preset("perceiver_io_image_learned", image_size=56)
+    with torch.device("meta"):
+        ours = build_model(cfg.type, cfg)
+        hf = transformers.PerceiverForImageClassificationLearned(hf_config(cfg))
+    n = sum(p.numel() for p in ours.parameters())
+    assert hf.config.image_size == transformers.PerceiverConfig().image_size == 56
+    assert n == cfg.num_params() == sum(p.numel() for p in hf.parameters()) == 50_213_608
+
+
 def test_paper_input_sizes():
     assert [
         preset(f"perceiver_io_image_{p}").input_channels for p in ("fourier", "learned", "conv")
