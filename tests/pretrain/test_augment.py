@@ -176,7 +176,7 @@ def test_flow_augmentation_random_scale_is_applied_to_the_vectors():
     aug = FlowAugment(brightness=0, contrast=0, saturation=0, hflip=False)
     out = augment_flow_train(raw, _gen(3), (16, 24), aug)
     s = out["flow"][0, 0, 0, 0].item() / 2.0
-    assert 2 ** aug.min_log2_scale - 1e-4 <= s <= 2 ** aug.max_log2_scale + 1e-4
+    assert 2**aug.min_log2_scale - 1e-4 <= s <= 2**aug.max_log2_scale + 1e-4
     torch.testing.assert_close(out["flow"][..., 1], torch.full((1, 16, 24), s), atol=1e-4, rtol=0)
     frames255 = (out["frames"] + 1) / 2 * 255
     assert _warp_error(frames255, out["flow"], margin=4) < 2.0

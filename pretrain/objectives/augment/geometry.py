@@ -107,6 +107,4 @@ def centre_boxes(sizes_b2: torch.Tensor, crop_ratio: float) -> torch.Tensor:
     resizing the shorter side to ``S / crop_ratio`` and cutting the central ``S x S``."""
     sizes = sizes_b2.float()
     side = crop_ratio * sizes.min(dim=1).values
-    return torch.stack(
-        [(sizes[:, 0] - side) / 2, (sizes[:, 1] - side) / 2, side, side], dim=-1
-    )
+    return torch.stack([(sizes[:, 0] - side) / 2, (sizes[:, 1] - side) / 2, side, side], dim=-1)
