@@ -1,4 +1,5 @@
-"""Models: Perceiver IO (masked LM, multimodal autoencoder) and Perceiver AR (causal LM).
+"""Models: Perceiver IO (masked LM, classifier, multimodal autoencoder, image classifier, optical
+flow) and Perceiver AR (causal LM).
 
     from pretrain.models import build_model
     model = build_model("perceiver_ar", {"num_latents": 64, ...})  # or a config dataclass
@@ -17,7 +18,12 @@ from typing import Any
 from torch import nn
 
 from pretrain.models.classifier import PerceiverClassifier, PerceiverClassifierConfig
+from pretrain.models.image_classifier import (
+    PerceiverImageClassifier,
+    PerceiverImageClassifierConfig,
+)
 from pretrain.models.multimodal import PerceiverMultimodal, PerceiverMultimodalConfig
+from pretrain.models.optical_flow import PerceiverOpticalFlow, PerceiverOpticalFlowConfig
 from pretrain.models.perceiver_ar import PerceiverAR, PerceiverARConfig
 from pretrain.models.perceiver_io import PerceiverIOConfig, PerceiverMLM
 
@@ -26,11 +32,18 @@ MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "perceiver_ar": (PerceiverARConfig, PerceiverAR),
     "perceiver_io_multimodal": (PerceiverMultimodalConfig, PerceiverMultimodal),
     "perceiver_io_classifier": (PerceiverClassifierConfig, PerceiverClassifier),
+    "perceiver_io_image_classifier": (PerceiverImageClassifierConfig, PerceiverImageClassifier),
+    "perceiver_io_optical_flow": (PerceiverOpticalFlowConfig, PerceiverOpticalFlow),
 }
 
 # The typed `model` section of a run config, discriminated by each class's `type`.
 ModelConfig = (
-    PerceiverIOConfig | PerceiverARConfig | PerceiverMultimodalConfig | PerceiverClassifierConfig
+    PerceiverIOConfig
+    | PerceiverARConfig
+    | PerceiverMultimodalConfig
+    | PerceiverClassifierConfig
+    | PerceiverImageClassifierConfig
+    | PerceiverOpticalFlowConfig
 )
 
 
@@ -80,9 +93,13 @@ __all__ = [
     "PerceiverClassifier",
     "PerceiverClassifierConfig",
     "PerceiverIOConfig",
+    "PerceiverImageClassifier",
+    "PerceiverImageClassifierConfig",
     "PerceiverMLM",
     "PerceiverMultimodal",
     "PerceiverMultimodalConfig",
+    "PerceiverOpticalFlow",
+    "PerceiverOpticalFlowConfig",
     "build_config",
     "build_model",
 ]

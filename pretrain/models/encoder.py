@@ -151,3 +151,147 @@ class LatentEncoder(nn.Module):
             for layer in self.self_attention_layers:
                 z_bnd = layer(z_bnd)
         return z_bnd
+
+
+@dataclass
+class LatentEncoderConfig:
+    """Latent-encoder and decoder-attention fields shared by the image and optical-flow models.
+
+    Unset (None) attention channels resolve as HF's ``PerceiverConfig(qk_channels=None,
+    v_channels=None)`` does: a cross-attention's query/key channels are its key/value input's
+    channels (HF ``cross_attention_shape_for_attention="kv"``), a self-attention's the latent
+    channels, and value channels default to the query/key channels. Subclasses define
+    ``input_channels`` (what their input adapter produces) and call ``check_latent_fields``.
+
+    Attributes:
+        num_latents: Latents n (HF ``num_latents``).
+        num_latent_channels: Latent channels D (HF ``d_latents``).
+        num_cross_attention_heads: Heads of the encoder cross-attention.
+        num_self_attention_heads: Heads of the latent self-attention.
+        cross_attention_qk_channels: Encoder cross-attention q/k channels (None: input channels).
+        cross_attention_v_channels: Its value channels (None: its q/k channels).
+        self_attention_qk_channels: Self-attention q/k channels (None: D).
+        self_attention_v_channels: Self-attention value channels (None: its q/k channels).
+        cross_attention_widening_factor: MLP widening after the encoder cross-attention.
+        self_attention_widening_factor: MLP widening in the self-attention layers.
+        num_self_attention_layers_per_block: Distinct self-attention layers (HF
+            ``num_self_attends_per_block``).
+        num_self_attention_blocks: Applications of the block, shared weights (HF ``num_blocks``).
+        use_query_residual: Residual from the latents around the encoder cross-attention.
+        num_decoder_heads: Heads of the decoder cross-attention (HF: 1).
+        decoder_qk_channels: Decoder q/k channels (None: D, the latents it attends to).
+        decoder_v_channels: Decoder value channels (None: its q/k channels).
+        dropout: Dropout on attention weights (HF ``attention_probs_dropout_prob``).
+        init_scale: Standard deviation of the normal initialisation (HF ``initializer_range``).
+    """
+
+    num_latents: int = 512
+    num_latent_channels: int = 1024
+    num_cross_attention_heads: int = 1
+    num_self_attention_heads: int = 8
+    cross_attention_qk_channels: int | None = None
+    cross_attention_v_channels: int | None = None
+    self_attention_qk_channels: int | None = None
+    self_attention_v_channels: int | None = None
+    cross_attention_widening_factor: int = 1
+    self_attention_widening_factor: int = 1
+    num_self_attention_layers_per_block: int = 6
+    num_self_attention_blocks: int = 8
+    use_query_residual: bool = True
+    num_decoder_heads: int = 1
+    decoder_qk_channels: int | None = None
+    decoder_v_channels: int | None = None
+    dropout: float = 0.1
+    init_scale: float = 0.02
+
+    OPTIONAL_CHANNELS = tuple(
+        f"{layer}_{kind}_channels"
+        for layer in ("cross_attention", "self_attention", "decoder")
+        for kind in ("qk", "v")
+    )
+
+    @property
+    def input_channels(self) -> int:
+        """Channels C of the input array the latents cross-attend (set by the subclass)."""
+        raise NotImplementedError
+
+    def check_latent_fields(
+        self, skip: Collection[str] = (), optional: Collection[str] = ()
+    ) -> None:
+        """Positive ints (None allowed in the attention channels and in ``optional``), dropout
+        and init_scale in range, channels divisible by their heads; ValueError naming the field.
+        ``skip``: the subclass's fields that are not ints (it checks them itself)."""
+        check_positive_ints(
+            self,
+            skip=("dropout", "init_scale", *skip),
+            optional=(*self.OPTIONAL_CHANNELS, *optional),
+        )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.init_scale > 0:
+            raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
+        for layer, heads in (
+            ("cross_attention", self.num_cross_attention_heads),
+            ("self_attention", self.num_self_attention_heads),
+            ("decoder", self.num_decoder_heads),
+        ):
+            for kind, channels in zip(("qk", "v"), self.attention_channels(layer)):
+                if channels % heads:
+                    raise ValueError(
+                        f"{layer}_{kind}_channels ({channels}) must be divisible by {heads} heads"
+                    )
+
+    @property
+    def num_self_attention_layers(self) -> int:
+        """Self-attention layers applied in a forward pass (counting shared ones each time)."""
+        return self.num_self_attention_layers_per_block * self.num_self_attention_blocks
+
+    def attention_channels(self, layer: str) -> tuple[int, int]:
+        """Resolved (qk, v) channels of ``"cross_attention"``, ``"self_attention"`` or
+        ``"decoder"`` (see the class docstring)."""
+        default = self.input_channels if layer == "cross_attention" else self.num_latent_channels
+        qk = getattr(self, f"{layer}_qk_channels") or default
+        return qk, getattr(self, f"{layer}_v_channels") or qk
+
+    def encoder_spec(self) -> LatentEncoderSpec:
+        """The latent encoder over the input adapter's ``input_channels``."""
+        (cqk, cv), (sqk, sv) = (
+            self.attention_channels(n) for n in ("cross_attention", "self_attention")
+        )
+        return LatentEncoderSpec(
+            input_channels=self.input_channels,
+            num_latents=self.num_latents,
+            num_latent_channels=self.num_latent_channels,
+            cross_qk=cqk,
+            cross_v=cv,
+            cross_heads=self.num_cross_attention_heads,
+            cross_widening=self.cross_attention_widening_factor,
+            use_query_residual=self.use_query_residual,
+            self_qk=sqk,
+            self_v=sv,
+            self_heads=self.num_self_attention_heads,
+            self_widening=self.self_attention_widening_factor,
+            layers_per_block=self.num_self_attention_layers_per_block,
+            num_blocks=self.num_self_attention_blocks,
+            dropout=self.dropout,
+        )
+
+    def decoder_layer_sizes(self, query_channels: int) -> dict[str, int]:
+        """Sizes of a decoder cross-attention with queries of ``query_channels``
+        (``pretrain.models.flops`` arguments)."""
+        qk, v = self.attention_channels("decoder")
+        return dict(q_dim=query_channels, kv_dim=self.num_latent_channels, qk=qk, v=v)
+
+    def decoder_cross_attention_layer(self, query_channels: int, query_residual: bool):
+        """The decoder's ``CrossAttentionLayer`` (queries of ``query_channels``, widening 1)."""
+        sizes = self.decoder_layer_sizes(query_channels)
+        return CrossAttentionLayer(
+            q_dim=sizes["q_dim"],
+            kv_dim=sizes["kv_dim"],
+            qk_channels=sizes["qk"],
+            v_channels=sizes["v"],
+            num_heads=self.num_decoder_heads,
+            widening_factor=1,
+            use_query_residual=query_residual,
+            dropout=self.dropout,
+        )

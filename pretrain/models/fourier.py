@@ -1,5 +1,5 @@
 """Fourier position features and the position grids of the Perceiver IO input adapters and
-decoder queries (video, audio; images and optical flow use the same)."""
+decoder queries (video, audio, images, optical flow)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def fourier_features(pos_nd: Tensor, num_bands: int, max_resolution: Sequence[in
     freqs_dk = torch.stack(
         [torch.linspace(1.0, r / 2, num_bands, device=pos_nd.device) for r in max_resolution]
     )
-    angles_ndk = (math.pi * pos_nd[..., None] * freqs_dk).flatten(-2)
+    angles_ndk = (math.pi * (pos_nd[..., None] * freqs_dk)).flatten(-2)  # HF's rounding order
     return torch.cat([pos_nd, torch.sin(angles_ndk), torch.cos(angles_ndk)], dim=-1)
 
 

@@ -1,0 +1,202 @@
+"""Perceiver IO optical flow (Jaegle et al., 2021, Sec. 4.2), the same computation as HF
+``PerceiverForOpticalFlow``, taking the two frames rather than their patches.
+
+    frames [b, 2, 3, H, W] in [-1, 1]
+    3x3 patches of each frame (zero "SAME" padding; channels (ky, kx, c) as TF's extract_patches
+    and HF's optical-flow example), both frames per pixel      [b, H*W, 54]  (frame 0, frame 1)
+    --patch_projection (Linear 54 -> 64)--> ++ Fourier(y, x) of the H x W grid   x_bmC  C = 322
+    latents [n, D] --cross_attention(x)--> --self_attention_layers x blocks-->   z_bnD
+    x (the inputs are the decoder queries) --decoder_cross_attention(z)-->       h_bmC
+    h --flow_head (Linear C -> 2)--> / flow_scale -->                            flow [b, H, W, 2]
+
+The output is the flow from frame 0 to frame 1 in pixels, channel 0 horizontal (x), 1 vertical
+(y): frame0[y, x] ~ frame1[y + flow[..., 1], x + flow[..., 0]]. The patch projection runs as one
+3x3 convolution over the 6 stacked channels (the same weights as HF's Linear, reordered), which
+never materialises the 54-channel patch array; ``extract_patches`` builds HF's input for tests.
+The model runs at its training size only (full-resolution inference tiles it). The paper preset
+(``configs/model/perceiver_io_flow.yaml``, 368 x 496, 2048 x 512 latents, 24 self-attention
+layers) has the parameter count of HF's ``PerceiverForOpticalFlow``; weights convert both ways
+with ``pretrain.models.hf_vision``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pretrain.models.attention import init_standard_weights
+from pretrain.models.encoder import LatentEncoder, LatentEncoderConfig
+from pretrain.models.flops import (
+    cross_attention_layer_flops,
+    cross_attention_layer_params,
+    linear_params,
+)
+from pretrain.models.fourier import fourier_channels, fourier_features, grid_positions
+
+PATCH = 3  # side of the patch around every pixel
+NUM_FRAMES = 2
+
+
+def extract_patches(frames_btchw: Tensor) -> Tensor:
+    """The 3x3 patch around every pixel of every frame, zero padded ("SAME").
+
+    Args:
+        frames_btchw: [b, t, c, H, W].
+
+    Returns:
+        [b, t, 9 * c, H, W] with channels ordered (ky, kx, c), as TF's ``extract_patches`` and
+        HF's ``extract_image_patches`` (the input ``PerceiverForOpticalFlow`` takes).
+    """
+    b, t, c, h, w = frames_btchw.shape
+    x = F.pad(frames_btchw.flatten(0, 1), (1, 1, 1, 1))
+    patches = x.unfold(2, PATCH, 1).unfold(3, PATCH, 1)  # [b t, c, H, W, ky, kx]
+    patches = patches.permute(0, 4, 5, 1, 2, 3)  # [b t, ky, kx, c, H, W]
+    return patches.reshape(b, t, PATCH * PATCH * c, h, w)
+
+
+@dataclass
+class PerceiverOpticalFlowConfig(LatentEncoderConfig):
+    """Hyperparameters of ``PerceiverOpticalFlow``; the defaults are HF's
+    ``deepmind/optical-flow-perceiver`` (the paper's model).
+
+    Attributes:
+        image_height: Frame height H the model runs at (HF ``train_size[0]``).
+        image_width: Frame width W (HF ``train_size[1]``).
+        num_image_channels: Channels per frame (3: RGB).
+        num_patch_channels: Output channels of the patch projection (HF: 64).
+        num_frequency_bands: Fourier bands per axis.
+        flow_scale: The decoder output is divided by it (HF ``rescale_factor``).
+    """
+
+    type: ClassVar[str] = "perceiver_io_optical_flow"  # `model.type` in a config file
+    num_latents: int = 2048
+    num_latent_channels: int = 512
+    num_self_attention_heads: int = 16
+    num_self_attention_layers_per_block: int = 24
+    num_self_attention_blocks: int = 1
+    image_height: int = 368
+    image_width: int = 496
+    num_image_channels: int = 3
+    num_patch_channels: int = 64
+    num_frequency_bands: int = 64
+    flow_scale: float = 100.0
+
+    def __post_init__(self) -> None:
+        self.check_latent_fields(skip=("flow_scale",))
+        if not self.flow_scale > 0:
+            raise ValueError(f"flow_scale must be > 0, got {self.flow_scale}")
+
+    @property
+    def num_inputs(self) -> int:
+        """Input positions M (one per pixel), also the number of decoder queries."""
+        return self.image_height * self.image_width
+
+    @property
+    def patch_features(self) -> int:
+        """Values per pixel before the projection: 2 frames x 3 x 3 x channels (54)."""
+        return NUM_FRAMES * PATCH * PATCH * self.num_image_channels
+
+    @property
+    def input_channels(self) -> int:
+        """Channels C of the encoder input and of the decoder queries (HF ``d_model``: 322)."""
+        return self.num_patch_channels + fourier_channels(2, self.num_frequency_bands)
+
+    def num_params(self) -> int:
+        """Analytic number of parameters."""
+        c = self.input_channels
+        return (
+            linear_params(self.patch_features, self.num_patch_channels)
+            + self.encoder_spec().num_params()
+            + cross_attention_layer_params(**self.decoder_layer_sizes(c), widening=1)
+            + linear_params(c, 2)
+        )
+
+    def flops_per_sample(self) -> int:
+        """Forward + backward matmul FLOPs of one frame pair (3 x the forward)."""
+        m, c = self.num_inputs, self.input_channels
+        forward = (
+            2 * m * self.patch_features * self.num_patch_channels
+            + self.encoder_spec().forward_flops(m)
+            + cross_attention_layer_flops(
+                num_q=m, num_kv=self.num_latents, **self.decoder_layer_sizes(c), widening=1
+            )
+            + 2 * m * c * 2
+        )
+        return 3 * forward
+
+
+class PerceiverOpticalFlow(LatentEncoder):
+    """Perceiver IO optical flow (see the module docstring for the data flow).
+
+    Args:
+        cfg: Hyperparameters. Parameters are allocated but not initialised: call
+            ``init_weights()`` (allows construction on the meta device).
+    """
+
+    def __init__(self, cfg: PerceiverOpticalFlowConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.input_channels
+        self.patch_projection = nn.Linear(cfg.patch_features, cfg.num_patch_channels)
+        self.build_latent_encoder(cfg.encoder_spec())
+        self.decoder_cross_attention = cfg.decoder_cross_attention_layer(c, query_residual=False)
+        self.flow_head = nn.Linear(c, 2)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """HF initialisation: N(0, init_scale) for weights and latents, zero biases."""
+        init_standard_weights(self, self.cfg.init_scale)
+        self.init_latents(self.cfg.init_scale)
+
+    def project_patches(self, frames_b2chw: Tensor) -> Tensor:
+        """``patch_projection`` of every pixel's two 3x3 patches, as one 3x3 convolution.
+
+        Returns:
+            [b, H * W, num_patch_channels].
+        """
+        b, t, k, h, w = frames_b2chw.shape
+        out = self.cfg.num_patch_channels
+        # Linear input index (t, ky, kx, c) -> conv weight [out, (t, c), ky, kx].
+        weight = self.patch_projection.weight.view(out, t, PATCH, PATCH, k)
+        weight = weight.permute(0, 1, 4, 2, 3).reshape(out, t * k, PATCH, PATCH)
+        x = F.conv2d(
+            frames_b2chw.reshape(b, t * k, h, w),
+            weight.to(frames_b2chw.dtype),
+            self.patch_projection.bias.to(frames_b2chw.dtype),
+            padding=PATCH // 2,
+        )
+        return x.flatten(2).transpose(1, 2)
+
+    def embed_inputs(self, frames_b2chw: Tensor) -> Tensor:
+        """The encoder input (and decoder queries) x_bmC: projected patches ++ Fourier(y, x)."""
+        cfg = self.cfg
+        want = (NUM_FRAMES, cfg.num_image_channels, cfg.image_height, cfg.image_width)
+        if frames_b2chw.ndim != 5 or tuple(frames_b2chw.shape[1:]) != want:
+            raise ValueError(
+                f"frames of shape {tuple(frames_b2chw.shape)}; the model takes [b, "
+                f"{', '.join(map(str, want))}] (tile larger frames: pretrain.inference.flow)"
+            )
+        x_bmc = self.project_patches(frames_b2chw)
+        pos = grid_positions((cfg.image_height, cfg.image_width), device=x_bmc.device)
+        resolution = (cfg.image_height, cfg.image_width)
+        pos_mc = fourier_features(pos, cfg.num_frequency_bands, resolution).to(x_bmc.dtype)
+        return torch.cat([x_bmc, pos_mc.expand(x_bmc.shape[0], -1, -1)], dim=-1)
+
+    def forward(self, frames_b2chw: Tensor) -> Tensor:
+        """Optical flow from frame 0 to frame 1.
+
+        Args:
+            frames_b2chw: float [b, 2, 3, image_height, image_width], scaled to [-1, 1]
+                (``x / 255 * 2 - 1``).
+
+        Returns:
+            Flow [b, image_height, image_width, 2] in pixels (x, y).
+        """
+        x_bmc = self.embed_inputs(frames_b2chw)
+        z_bnd = self.encode_inputs(x_bmc)
+        flow_bm2 = self.flow_head(self.decoder_cross_attention(x_bmc, z_bnd)) / self.cfg.flow_scale
+        return flow_bm2.view(x_bmc.shape[0], self.cfg.image_height, self.cfg.image_width, 2)
