@@ -6,7 +6,10 @@
     perceiver data prepare --source wikipedia --input enwiki-pages-articles.xml.bz2 ...
     perceiver data train-spm --source c4 --input c4/en/ --output spm/c4_32k.model
     perceiver data prepare ... --tokenizer spm:spm/c4_32k.model
-    perceiver data inspect DIR [--samples 3] [--json]     # text or video (prepare-video) shards
+    perceiver data inspect DIR [--samples 3] [--json]     # text, video, image or flow shards
+    perceiver data prepare-video ...                       # video/cli.py
+    perceiver data prepare-images --input ROOT --output DIR # images/cli.py
+    perceiver data generate-flow|prepare-flow ...          # flow/cli.py
 
 The console script (`perceiver_cli.py`, through `pretrain/cli.py`) registers these on its `data`
 command with `add_data_subcommands(subparsers)`; each subcommand sets `func`, a function of the
@@ -23,6 +26,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_pipeline.flow.cli import add_flow_subcommands
+from data_pipeline.images.cli import add_prepare_images_subcommand
 from data_pipeline.inspection import rejected_reasons, run_inspect
 from data_pipeline.shards.manifest import DEFAULT_SIZE_LIMIT
 from data_pipeline.shards.packing import OBJECTIVES
@@ -184,6 +189,8 @@ def add_data_subcommands(subparsers: argparse._SubParsersAction) -> None:
 
     add_train_spm_subcommand(subparsers)
     add_prepare_video_subcommand(subparsers)
+    add_prepare_images_subcommand(subparsers)
+    add_flow_subcommands(subparsers)
 
 
 def add_train_spm_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -299,4 +306,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parses `argv` and runs the chosen subcommand."""
     args = build_parser().parse_args(argv)
     return args.func(args)
-

@@ -4,7 +4,8 @@
 
 `inspect_shards` summarises the manifest, re-counts every split from its `index.json` (a
 mismatch makes `consistent_with_manifest` False and the command exit 1) and decodes the first
-training samples; video shards get `inspect_video_shards`' summary.
+training samples; video shards get `inspect_video_shards`' summary, image and flow shards
+`inspect_vision_shards`'.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from data_pipeline.shards.packing import SPLITS
 from data_pipeline.shards.remote import check_location, is_url, local_mirror
 from data_pipeline.tokenization.tokenizer import tokenizer_from_manifest
 
-__all__ = ["inspect_shards", "inspect_video_shards", "rejected_reasons", "run_inspect"]
+__all__ = [
+    "inspect_shards",
+    "inspect_video_shards",
+    "inspect_vision_shards",
+    "rejected_reasons",
+    "run_inspect",
+]
 
 
 def rejected_reasons(docs: dict[str, Any]) -> str:
@@ -66,6 +73,8 @@ def inspect_shards(
     manifest = read_manifest(root)
     if manifest.get("kind") == "video":
         return inspect_video_shards(root, manifest, num_samples)
+    if manifest.get("kind") in ("image", "flow"):
+        return inspect_vision_shards(root, manifest, num_samples)
     tokenizer = tokenizer_from_manifest(root, manifest)
     splits: dict[str, Any] = {}
     consistent = True
@@ -157,6 +166,112 @@ def inspect_video_shards(
     }
 
 
+def _describe_vision_sample(kind: str, sample: dict[str, Any], classes: list[str]) -> dict:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if kind == "image":
+        with Image.open(io.BytesIO(sample["image"])) as image:
+            size, fmt = [image.height, image.width], image.format
+        label = int(sample["label"])
+        return {"path": sample["path"], "label": classes[label], "size": size, "format": fmt}
+    flow, valid = np.asarray(sample["flow"]), np.asarray(sample["valid"]).astype(bool)
+    magnitude = np.sqrt((flow.astype(np.float64) ** 2).sum(-1))[valid]
+    return {
+        "path": sample["path"],
+        "size": list(flow.shape[:2]),
+        "valid_fraction": round(float(valid.mean()), 4),
+        "flow_mean": round(float(magnitude.mean()), 3) if magnitude.size else None,
+        "flow_max": round(float(magnitude.max()), 3) if magnitude.size else None,
+    }
+
+
+def inspect_vision_shards(
+    root: Path, manifest: dict[str, Any], num_samples: int = 3
+) -> dict[str, Any]:
+    """The `inspect_shards` summary of image or flow shards (`prepare-images`, `prepare-flow`,
+    `generate-flow`): counts re-read from the indexes, classes or sizes, conversions, rejections
+    and the first training samples described."""
+    from data_pipeline.shards.manifest import iter_stored_samples
+
+    kind = manifest["kind"]
+    splits: dict[str, Any] = {}
+    consistent = True
+    for split in SPLITS:
+        splits[split] = _split_sizes(root, split)
+        consistent &= splits[split]["samples"] == manifest["splits"][split]["samples"]
+    classes = manifest.get("classes", [])
+    samples = [
+        _describe_vision_sample(kind, sample, classes)
+        for sample in iter_stored_samples(root, "train", limit=max(num_samples, 0))
+    ]
+    keys = ("classes", "class_names", "num_classes", "class_counts", "layout", "labels",
+            "conversions", "formats", "files", "source", "height", "width", "sizes", "pass",
+            "generator", "split_rule")  # fmt: skip
+    return {
+        "data_dir": str(root),
+        "kind": kind,
+        "consistent_with_manifest": consistent,
+        **{key: manifest[key] for key in keys if key in manifest},
+        "rejected": {
+            "count": manifest["rejected_count"],
+            "by_reason": manifest["rejected_by_reason"],
+        },
+        "rejected_examples": manifest["rejected"][:5],
+        "splits": splits,
+        "created_utc": manifest["created_utc"],
+        "tool_version": manifest["tool_version"],
+        "wall_time_s": manifest.get("wall_time_s"),
+        "samples": samples,
+    }
+
+
+def _print_vision_summary(summary: dict[str, Any]) -> None:
+    kind = summary["kind"]
+    what = "images" if kind == "image" else "frame pairs + flow"
+    print(f"{summary['data_dir']}  ({what}, built {summary['created_utc']}, "
+          f"{summary['tool_version']})")  # fmt: skip
+    if kind == "image":
+        names = summary["classes"]
+        shown = ", ".join(names[:10]) + (
+            f", ... ({len(names) - 10} more)" if len(names) > 10 else ""
+        )
+        print(f"  {summary['num_classes']} classes (layout {summary['layout']}, labels from "
+              f"{summary['labels']['source']}): {shown}")  # fmt: skip
+        conversions = ", ".join(f"{k}: {v}" for k, v in summary["conversions"].items()) or "none"
+        formats = ", ".join(f"{k}: {v}" for k, v in summary["formats"].items())
+        print(f"  formats: {formats}; converted to RGB: {conversions}; "
+              f"{summary['files']['ignored_non_image']} non-image files ignored")  # fmt: skip
+    else:
+        size = (f"{summary['height']}x{summary['width']}" if summary["height"]
+                else f"{len({s for v in summary['sizes'].values() for s in v})} sizes")  # fmt: skip
+        rule = summary.get("split_rule", "generated per split")
+        print(f"  source {summary['source']}, frames {size}, split: {rule}")
+    rejected = summary["rejected"]
+    reasons = rejected_reasons({"rejected_by_reason": rejected["by_reason"]})
+    print(f"  rejected {rejected['count']}{reasons}")
+    for r in summary["rejected_examples"]:
+        print(f"    e.g. {r['path']}: {r['reason']}: {r['detail']}")
+    unit = "images" if kind == "image" else "pairs"
+    for split, info in summary["splits"].items():
+        spread = ""
+        if kind == "image" and summary["class_counts"][split]:
+            counts = sorted(summary["class_counts"][split].values())
+            spread = f"; {len(counts)} classes, {counts[0]} to {counts[-1]} images each"
+        print(_split_line(split, info, unit) + spread)
+    for i, sample in enumerate(summary["samples"]):
+        h, w = sample["size"]
+        if kind == "image":
+            print(f"  --- train image {i}: {sample['label']}: {sample['path']} ({h}x{w} "
+                  f"{sample['format']})")  # fmt: skip
+        else:
+            print(f"  --- train pair {i}: {sample['path']} ({h}x{w}), flow mean "
+                  f"{sample['flow_mean']} max {sample['flow_max']} px, "
+                  f"{sample['valid_fraction']:.0%} valid")  # fmt: skip
+
+
 def _split_line(split: str, info: dict[str, Any], unit: str) -> str:
     line = f"  {split:5s}: {info['samples']:,} {unit}, {info['shards']} shards"
     if not info["shards"]:
@@ -218,7 +333,9 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0 if summary["consistent_with_manifest"] else 1
-    (_print_video_summary if summary["kind"] == "video" else _print_token_summary)(summary)
+    printers = {"video": _print_video_summary, "image": _print_vision_summary,
+                "flow": _print_vision_summary}  # fmt: skip
+    printers.get(summary["kind"], _print_token_summary)(summary)
     if not summary["consistent_with_manifest"]:
         print("  WARNING: index.json sample counts differ from manifest.json")
     return 0 if summary["consistent_with_manifest"] else 1

@@ -19,6 +19,10 @@ only on the micro-step and resuming needs no collator state.
   so the other bytes of a masked byte's word stay visible. Whitespace and special ids are never
   labelled in either mode.
 - `ARTargets`: next-token targets, `input_ids = tokens[:, :-1]`, `labels = tokens[:, 1:]`.
+- `stack_images`, `stack_flow`: the `collate_fn` of image and flow shards. They decode the
+  stored JPEG/PNG bytes to RGB (in the DataLoader's workers) and place every image top-left in a
+  zero batch of the largest height and width, with each sample's true size in `sizes`;
+  augmentation happens later, in the objective, on the training device.
 
 Both are vectorised over the batch (no Python loop over rows or words) and run on the device of
 `tokens`; masks are deterministic per `(seed, key)` and device type (CPU and CUDA generators
@@ -45,6 +49,8 @@ __all__ = [
     "MLMMasker",
     "make_batch_transform",
     "mix_seed",
+    "stack_flow",
+    "stack_images",
     "stack_tokens",
 ]
 
@@ -74,6 +80,98 @@ def stack_tokens(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     if len(lengths) != 1:
         raise ValueError(f"samples have different shapes: {sorted(lengths)}")
     return {"tokens": torch.from_numpy(np.stack(arrays).astype(np.int64))}
+
+
+def decode_rgb(data: bytes | np.ndarray, what: str = "image") -> torch.Tensor:
+    """Decodes JPEG/PNG bytes to RGB: uint8 [3, H, W].
+
+    Raises:
+        ValueError: If the bytes cannot be decoded (naming `what`, e.g. the sample's path).
+    """
+    from torchvision.io import ImageReadMode, decode_image
+
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    try:
+        return decode_image(buffer, mode=ImageReadMode.RGB)
+    except RuntimeError as err:
+        raise ValueError(f"{what}: cannot decode the stored image ({err})") from err
+
+
+def _padded_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:
+    return max(h for h, _ in sizes), max(w for _, w in sizes)
+
+
+def stack_images(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The `collate_fn` of image shards (kind "image").
+
+    Args:
+        samples: Dataset samples with columns `image` (JPEG/PNG bytes), `label`, `path`.
+
+    Returns:
+        `{"images": uint8 [B, 3, Hmax, Wmax] (top-left, zero padded), "sizes": long [B, 2]
+        (h, w), "labels": long [B]}`.
+
+    Raises:
+        ValueError: If there are no samples, or one cannot be decoded (naming its path).
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    images = [decode_rgb(s["image"], s.get("path", "image")) for s in samples]
+    sizes = [(int(i.shape[1]), int(i.shape[2])) for i in images]
+    height, width = _padded_size(sizes)
+    batch = torch.zeros((len(images), 3, height, width), dtype=torch.uint8)
+    for row, image in enumerate(images):
+        batch[row, :, : image.shape[1], : image.shape[2]] = image
+    return {
+        "images": batch,
+        "sizes": torch.tensor(sizes, dtype=torch.long),
+        "labels": torch.tensor([int(s["label"]) for s in samples], dtype=torch.long),
+    }
+
+
+def stack_flow(samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The `collate_fn` of flow shards (kind "flow").
+
+    Args:
+        samples: Dataset samples with columns `frame1`, `frame2` (PNG bytes), `flow` (float32
+            [H, W, 2]), `valid` (uint8 [H, W]), `path`.
+
+    Returns:
+        `{"frames": uint8 [B, 2, 3, Hmax, Wmax], "flow": float32 [B, Hmax, Wmax, 2] (x, y),
+        "valid": bool [B, Hmax, Wmax] (False in the padding), "sizes": long [B, 2] (h, w)}`,
+        every pair top-left and zero padded.
+
+    Raises:
+        ValueError: If there are no samples, one cannot be decoded, or a pair's frames and flow
+            differ in size (naming its path).
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    pairs, sizes = [], []
+    for s in samples:
+        path = s.get("path", "pair")
+        f1, f2 = decode_rgb(s["frame1"], path), decode_rgb(s["frame2"], path)
+        flow, valid = np.asarray(s["flow"]), np.asarray(s["valid"])
+        h, w = int(f1.shape[1]), int(f1.shape[2])
+        if f2.shape != f1.shape or flow.shape != (h, w, 2) or valid.shape != (h, w):
+            raise ValueError(
+                f"{path}: frames {tuple(f1.shape)} and {tuple(f2.shape)}, flow {flow.shape}, "
+                f"valid {valid.shape} do not agree"
+            )
+        pairs.append((f1, f2, flow, valid))
+        sizes.append((h, w))
+    height, width = _padded_size(sizes)
+    b = len(pairs)
+    frames = torch.zeros((b, 2, 3, height, width), dtype=torch.uint8)
+    flows = torch.zeros((b, height, width, 2), dtype=torch.float32)
+    valids = torch.zeros((b, height, width), dtype=torch.bool)
+    for row, ((f1, f2, flow, valid), (h, w)) in enumerate(zip(pairs, sizes)):
+        frames[row, 0, :, :h, :w] = f1
+        frames[row, 1, :, :h, :w] = f2
+        flows[row, :h, :w] = torch.from_numpy(np.array(flow, np.float32))
+        valids[row, :h, :w] = torch.from_numpy(valid != 0)
+    sizes_b2 = torch.tensor(sizes, dtype=torch.long)
+    return {"frames": frames, "flow": flows, "valid": valids, "sizes": sizes_b2}
 
 
 def segment_ids(tokens: torch.Tensor, separator_id: int) -> torch.Tensor:

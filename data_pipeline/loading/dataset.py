@@ -63,8 +63,8 @@ from streaming import Stream, StreamingDataLoader, StreamingDataset
 from streaming.base.constant import SHM_TO_CLEAN
 from streaming.base.util import clean_stale_shared_memory
 
-from data_pipeline.loading.collators import stack_tokens
-from data_pipeline.shards.manifest import read_manifest
+from data_pipeline.loading.collators import stack_flow, stack_images, stack_tokens
+from data_pipeline.shards.manifest import KINDS, read_manifest
 from data_pipeline.shards.packing import SPLITS
 from data_pipeline.shards.remote import absolute, is_url, join
 
@@ -232,7 +232,15 @@ def _split_info(data_dir: str, split: str) -> dict[str, Any]:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     manifest = read_manifest(data_dir)
     info = manifest["splits"][split]
-    if info["samples"] == 0 and manifest.get("kind") == "video":
+    kind = manifest.get("kind")
+    if info["samples"] == 0 and kind in ("image", "flow"):
+        fraction = "larger" if split == "val" else "smaller"
+        raise EmptySplitError(
+            f"{join(data_dir, split)} has no {'images' if kind == 'image' else 'pairs'} "
+            f"(manifest: {manifest['rejected_count']} inputs rejected); use more inputs or a "
+            f"{fraction} --val-fraction ({KINDS[kind]})"
+        )
+    if info["samples"] == 0 and kind == "video":
         fraction = "larger" if split == "val" else "smaller"
         raise EmptySplitError(
             f"{join(data_dir, split)} has no clips (manifest: "
@@ -375,10 +383,15 @@ def streams_dataset(
 
 def collate_for(manifest: dict[str, Any]) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
     """The `collate_fn` for the samples of a shard directory, by its manifest's `kind`."""
-    if manifest.get("kind") == "video":
+    kind = manifest.get("kind")
+    if kind == "video":
         from data_pipeline.video.shards import stack_video
 
         return stack_video
+    if kind == "image":
+        return stack_images
+    if kind == "flow":
+        return stack_flow
     return stack_tokens
 
 
@@ -426,7 +439,8 @@ def build_dataloader(
         persistent_workers: Keep workers alive between epochs (needs `num_workers > 0`).
         prefetch_factor: Batches prefetched per worker (needs `num_workers > 0`).
         collate_fn: Turns a list of samples into a batch; default: the one the manifest's
-            `kind` calls for (`collate_for`): `stack_tokens`, or `stack_video` for video shards.
+            `kind` calls for (`collate_for`): `stack_tokens`, `stack_video` for video shards,
+            `stack_images` for image shards, `stack_flow` for flow shards.
         cache_limit: See `build_dataset`.
         download_retry: See `build_dataset`.
         download_timeout: See `build_dataset`.

@@ -8,7 +8,9 @@ Layout (the "Shards" contract of docs/design.md):
     DIR/val/...
 
 `manifest["kind"]` is "tokens" (absent in text manifests, written by `prepare.prepare`, the one
-text writer) or "video" (`video.shards.prepare_videos`). Every reader goes through
+text writer), "video" (`video.shards.prepare_videos`), "image" (`images.prepare.prepare_images`)
+or "flow" (`flow.shards.generate_flow`, `flow.readers.prepare_flow`; image and flow builds go
+through `images.build.build_shards`). Every reader goes through
 `read_manifest` and every check of shards against a model through `check_shards`, which
 dispatches on the kind.
 
@@ -42,6 +44,8 @@ __all__ = [
     "KINDS",
     "MANIFEST_NAME",
     "check_shards",
+    "check_flow_manifest",
+    "check_image_manifest",
     "check_target",
     "check_video_manifest",
     "dir_bytes",
@@ -60,7 +64,12 @@ MANIFEST_NAME = "manifest.json"
 COMPRESSION = "zstd"
 FORMAT_VERSION = 1
 DEFAULT_SIZE_LIMIT = "64mb"
-KINDS = {"tokens": "perceiver data prepare", "video": "perceiver data prepare-video"}
+KINDS = {
+    "tokens": "perceiver data prepare",
+    "video": "perceiver data prepare-video",
+    "image": "perceiver data prepare-images",
+    "flow": "perceiver data prepare-flow (or generate-flow)",
+}
 """Shard kinds (`manifest["kind"]`, "tokens" when absent) and the command that builds each."""
 
 
@@ -115,7 +124,7 @@ def read_manifest(data_dir: str | os.PathLike[str], kind: str | None = None) -> 
         )
     have = manifest.get("kind", "tokens")
     if kind is not None and have != kind:
-        what = "video" if kind == "video" else "text"
+        what = "text" if kind == "tokens" else kind
         raise ValueError(
             f"{data_dir}: not {what} shards (kind {have!r}); build them with `{KINDS[kind]}`"
         )
@@ -156,7 +165,7 @@ def check_shards(
         objective: `mlm` or `ar`.
         vocab_size: Text: the model's vocabulary size; refused if smaller than the tokenizer's.
         clip: Video: the model's `num_frames`, `height`, `width` and `samples_per_frame`.
-        num_classes: Video: the model's classes; refused if the shards have more.
+        num_classes: Video, image: the model's classes; refused if the shards have more.
         splits: Splits that must hold samples.
         model_key: How the caller's config names the model section, for messages.
 
@@ -180,20 +189,28 @@ def check_shards(
                 f"{data_dir} holds {manifest.get('kind', 'tokens')} shards but {first_dir} "
                 f"{first_kind} shards: a mixture needs one kind"
             )
-    if first_kind == "video":
+    if first_kind in ("video", "image"):
+        names = ("video", "audio", "classes") if first_kind == "video" else ("classes",)
+        need = "clips needs one clip geometry and" if first_kind == "video" else "images needs"
         for data_dir, manifest in manifests[1:]:
-            for name in ("video", "audio", "classes"):
+            for name in names:
                 if manifest[name] != first[name]:
                     raise ValueError(
                         f"{data_dir} has {name} {manifest[name]} but {first_dir} {first[name]}: "
-                        "a mixture of clips needs one clip geometry and one class list"
+                        f"a mixture of {need} one class list"
                     )
-        _check_video(first_dir, first, clip, num_classes)
-    else:
+        if first_kind == "video":
+            _check_video(first_dir, first, clip, num_classes)
+        elif num_classes is not None and first["num_classes"] > num_classes:
+            raise ValueError(
+                f"{first_dir}: {first['num_classes']} classes, more than the model's "
+                f"{model_key}.num_classes={num_classes}"
+            )
+    elif first_kind != "flow":
         _check_tokens(manifests, seq_len, max_seq_len, objective, vocab_size, model_key)
     for split in splits:
         if first["splits"][split]["samples"] == 0:
-            what = "clips" if first_kind == "video" else "samples"
+            what = {"video": "clips", "image": "images", "flow": "pairs"}.get(first_kind, "samples")
             raise ValueError(f"{join(first_dir, split)}: no {what}")
     return first
 
@@ -274,7 +291,6 @@ def _check_video(
         )
 
 
-
 def read_video_manifest(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The manifest of a video shard directory (`read_manifest(data_dir, "video")`)."""
     return read_manifest(data_dir, "video")
@@ -298,6 +314,30 @@ def check_video_manifest(
         "samples_per_frame": samples_per_frame,
     }
     return check_shards(data_dir, kind="video", clip=clip, num_classes=num_classes, splits=splits)
+
+
+def check_image_manifest(
+    data_dir: str | os.PathLike[str],
+    num_classes: int | None = None,
+    splits: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """`check_shards` of one image directory (kind "image") against a model's classes.
+
+    Args:
+        data_dir: The shard directory or its URL.
+        num_classes: The model's classes; refused if the shards have more.
+        splits: Splits that must hold images (default: train).
+    """
+    splits = ("train",) if splits is None else splits
+    return check_shards(data_dir, kind="image", num_classes=num_classes, splits=splits)
+
+
+def check_flow_manifest(
+    data_dir: str | os.PathLike[str], splits: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """`check_shards` of one flow directory (kind "flow"); `splits` must hold pairs (train)."""
+    splits = ("train",) if splits is None else splits
+    return check_shards(data_dir, kind="flow", splits=splits)
 
 
 def iter_stored_samples(
