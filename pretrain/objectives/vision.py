@@ -39,6 +39,11 @@ def _training(model: nn.Module) -> bool:
     return getattr(model, "module", model).training
 
 
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    """The weights' dtype (bf16 under DeepSpeed's bf16 mode): what the inputs are cast to."""
+    return next(model.parameters()).dtype
+
+
 def _seed_of(seed: int, key: int, device: torch.device) -> torch.Tensor:
     from data_pipeline.loading.collators import mix_seed
 
@@ -104,7 +109,7 @@ class ImageClassificationObjective(Objective):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels = batch["labels"]
         images, partner, lam = self.model_inputs(batch, _training(model))
-        logits = model(images).float()
+        logits = model(images.to(_param_dtype(model))).float()
         ls = self.settings.label_smoothing if _training(model) else 0.0
         ce = F.cross_entropy(logits, labels, label_smoothing=ls, reduction="none")
         if not torch.equal(partner, labels) or bool((lam < 1).any()):
@@ -182,7 +187,7 @@ class OpticalFlowObjective(Objective):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         training = _training(model)
         inputs = self.model_inputs(batch, training)
-        pred = model(inputs["frames"]).float()
+        pred = model(inputs["frames"].to(_param_dtype(model))).float()
         target, valid = inputs["flow"], inputs["valid"].float()
         epe = (pred - target).square().sum(-1).add(1e-12).sqrt()  # finite gradient at 0
         count = valid.sum()
