@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,7 +16,7 @@ from pretrain.inference.flow import (
     tile_starts,
     tile_weight,
 )
-from tests.conftest import REPO, SHARED_DATA, clean_env
+from tests.conftest import REPO, SHARED_DATA
 
 FRAMES = SHARED_DATA / "flow_frames"
 
@@ -105,7 +103,9 @@ def _tiny_flow_export(tmp_path):
     from pretrain.export import Pretrained, write_native
     from pretrain.models import build_model
 
-    cfg = load_config(REPO / "configs" / "tiny_flow.yaml", ["data.dir=x"]).model
+    # a larger training size than the preset's: 20 tiles of the 1024 x 436 frames, not 1260
+    size = ["model.image_height=128", "model.image_width=256"]
+    cfg = load_config(REPO / "configs" / "tiny_flow.yaml", ["data.dir=x", *size]).model
     model = build_model(cfg.type, cfg)
     model.init_weights()
     fields = {k: v for k, v in cfg.__dict__.items() if k != "type"}
@@ -114,7 +114,7 @@ def _tiny_flow_export(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_writes_png_and_flo_on_real_frames(tmp_path):
+def test_cli_writes_png_and_flo_on_real_frames(tmp_path, capsys):
     if not (FRAMES / "frame_0016.png").is_file():
         pytest.skip(f"{FRAMES}: the Sintel demo frames are absent (see shared/data/SOURCES.md)")
     from PIL import Image
@@ -123,18 +123,34 @@ def test_cli_writes_png_and_flo_on_real_frames(tmp_path):
 
     export = _tiny_flow_export(tmp_path)
     out, flo = tmp_path / "flow.png", tmp_path / "flow.flo"
-    proc = subprocess.run(
+    import perceiver_cli
+
+    rc = perceiver_cli.main(
         [
-            sys.executable, "-m", "perceiver_cli", "flow",
-            str(FRAMES / "frame_0016.png"), str(FRAMES / "frame_0017.png"),
+            "flow", str(FRAMES / "frame_0016.png"), str(FRAMES / "frame_0017.png"),
             "--checkpoint", str(export), "--output", str(out), "--flo", str(flo),
-            "--batch-size", "64",
-        ],
-        cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=300,
+            "--batch-size", "4",
+        ]
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert rc == 0
     png = Image.open(out)
     assert png.size == (1024, 436) and png.mode == "RGB"
     flow = read_flo(flo)
     assert flow.shape == (436, 1024, 2) and np.isfinite(flow).all()
-    assert "flow 436 x 1024" in proc.stdout
+    assert "flow 436 x 1024" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # --checkpoint is required
+        perceiver_cli.main(["flow", "a.png", "b.png", "--output", "x.png"])
+
+
+def test_load_flow_model_refuses_another_model_type(tmp_path):
+    from pretrain.config import load_config
+    from pretrain.export import Pretrained, write_native
+    from pretrain.inference.flow import load_flow_model
+    from pretrain.models import build_model
+
+    cfg = load_config(REPO / "configs" / "tiny_image.yaml", ["data.dir=x"]).model
+    model = build_model(cfg.type, cfg)
+    fields = {k: v for k, v in cfg.__dict__.items() if k != "type"}
+    write_native(Pretrained(cfg.type, fields, model.state_dict(), {}, {}), tmp_path / "img")
+    with pytest.raises(ValueError, match="perceiver_io_image_classifier, not a perceiver_io_op"):
+        load_flow_model(tmp_path / "img")
