@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     pairs = out / "data" / "flow_pairs"
-    perceiver("data", "generate-flow", "--output", str(pairs), "--train", "768", "--val", "64",
-              "--height", "48", "--width", "64", "--seed", "0", "--workers", "2")  # fmt: skip
+    perceiver("data", "generate-flow", "--output", str(pairs), "--train", "256", "--val", "64",
+              "--height", "36", "--width", "52", "--max-flow", "2", "--seed", "0",
+              "--workers", "2", "--overwrite")  # fmt: skip
     run = out / "runs" / "tiny_flow"
     summary = train("tiny_flow.yaml", pairs, run, args.flow_steps)
     val = summary["val_metrics"]

@@ -195,7 +195,7 @@ def test_both_models_train_in_process_zero2_bf16_checkpointing(image_shards, flo
     assert (tmp_path / "image" / "checkpoints").is_dir()
 
     run = tmp_path / "flow"
-    result = _run(TINY_FLOW, flow_shards, run, "model.flow_scale=1.0")
+    result = _run(TINY_FLOW, flow_shards, run)
     assert result.status == "finished"
     val = result.val_metrics
     assert val["val/zero_flow_epe"] > 0 and math.isfinite(val["val/epe"])
