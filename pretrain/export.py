@@ -16,11 +16,14 @@ Native export directory (what fine-tuning and ``checkpoint.init_from`` read)::
                         #  "tokenizer": {...}, "dtype", "source": {...}}
     tokenizer.model     # SentencePiece runs only
 
-``--format hf`` (``perceiver_io_mlm`` only) writes a directory that
-``transformers.PerceiverForMaskedLM.from_pretrained`` loads (and, for the byte tokenizer,
-``PerceiverTokenizer.from_pretrained``; the ids are the same). ``perceiver import-hf HF_DIR
---output DIR`` goes the other way, so published Perceiver weights (e.g.
-``deepmind/language-perceiver``) can be fine-tuned or pretrained further.
+``--format hf`` writes a directory that ``transformers.PerceiverForMaskedLM.from_pretrained``
+loads (and, for the byte tokenizer, ``PerceiverTokenizer.from_pretrained``; the ids are the same),
+or, for the image classifier and the optical-flow model, the HF class of
+``pretrain.models.hf_vision`` (``PerceiverForImageClassificationFourier`` / ``Learned`` /
+``ConvProcessing``, ``PerceiverForOpticalFlow``). ``perceiver import-hf HF_DIR --output DIR`` goes
+the other way (the class from the saved config's ``architectures``), so published Perceiver
+weights (e.g. ``deepmind/language-perceiver``, ``deepmind/vision-perceiver-conv``,
+``deepmind/optical-flow-perceiver``) can be fine-tuned or trained further.
 
 :func:`load_pretrained` reads any of these sources (export directory, HF directory, run
 directory, checkpoint), and :func:`load_initial_weights` puts them into a freshly built model
@@ -53,6 +56,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 SPM_NAME = "tokenizer.model"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+HF_VISION_TYPES = ("perceiver_io_image_classifier", "perceiver_io_optical_flow")
 # Fields that do not change the function a model computes (so they may differ on loading).
 _NON_ARCHITECTURE_FIELDS = {"dropout", "init_scale"}
 
@@ -222,7 +226,10 @@ def read_checkpoint(path: str | Path, tokenizer: str | None = None) -> Pretraine
     model_type = model.pop("type", None)
     if model_type is None:
         raise ValueError(f"{config_file}: no model.type")
-    info = tokenizer_description(tokenizer) if tokenizer else run_tokenizer(run_config)
+    if model_type in HF_VISION_TYPES:  # images and flow: no tokenizer
+        info = {}
+    else:
+        info = tokenizer_description(tokenizer) if tokenizer else run_tokenizer(run_config)
     meta = json.loads((checkpoint / ckpt.MARKER).read_text() or "{}")
     source = {"kind": "checkpoint", "path": str(checkpoint.resolve()), "step": meta.get("step")}
     return Pretrained(model_type, model, consolidate(checkpoint), info, source)
@@ -267,13 +274,26 @@ def read_export(directory: str | Path) -> Pretrained:
 
 
 def read_hf(directory: str | Path) -> Pretrained:
-    """A ``transformers`` ``PerceiverForMaskedLM`` directory -> :class:`Pretrained`."""
-    from transformers import PerceiverForMaskedLM
+    """A ``transformers`` Perceiver directory -> :class:`Pretrained`: ``PerceiverForMaskedLM``,
+    or the image / optical-flow classes of ``pretrain.models.hf_vision`` (by ``architectures``)."""
+    from transformers import PerceiverConfig, PerceiverForMaskedLM
 
     from data_pipeline.tokenization.tokenizer import ByteTokenizer
+    from pretrain.models import hf_vision
     from pretrain.models.hf_interop import config_from_hf, from_hf_state_dict
 
     directory = Path(directory)
+    hf_cfg = PerceiverConfig.from_pretrained(str(directory))
+    architectures = hf_cfg.architectures or []
+    source = {"kind": "hf", "path": str(directory.resolve())}
+    if any(a in hf_vision.ARCHITECTURES for a in architectures):
+        model_type, fields, weights = hf_vision.read_hf_directory(directory, hf_cfg)
+        return Pretrained(model_type, fields, weights, {}, source)
+    if architectures and "PerceiverForMaskedLM" not in architectures:
+        supported = sorted({"PerceiverForMaskedLM", *hf_vision.ARCHITECTURES})
+        raise ValueError(
+            f"{directory / CONFIG_NAME}: architectures {architectures}; supported: {supported}"
+        )
     hf = PerceiverForMaskedLM.from_pretrained(str(directory))  # fp32 unless told otherwise
     cfg = config_from_hf(hf.config)
     weights = from_hf_state_dict(hf.state_dict(), cfg)
@@ -284,7 +304,6 @@ def read_hf(directory: str | Path) -> Pretrained:
     else:
         raise ValueError(f"{directory}: vocab_size {cfg.vocab_size} and no {SPM_NAME}")
     fields = dataclasses.asdict(cfg)
-    source = {"kind": "hf", "path": str(directory.resolve())}
     weights = {k: v.detach().float().contiguous().clone() for k, v in weights.items()}
     return Pretrained("perceiver_io_mlm", fields, weights, tokenizer, source)
 
@@ -334,15 +353,22 @@ def write_native(pretrained: Pretrained, output: str | Path, dtype: str = "fp32"
 
 
 def write_hf(pretrained: Pretrained, output: str | Path, dtype: str = "fp32") -> Path:
-    """Writes a directory ``transformers.PerceiverForMaskedLM.from_pretrained`` loads."""
+    """Writes a directory ``transformers.PerceiverForMaskedLM.from_pretrained`` loads (or the
+    image / optical-flow class of ``pretrain.models.hf_vision.hf_class_name``)."""
     from transformers import PerceiverForMaskedLM, PerceiverTokenizer
 
+    from pretrain.models import build_config
     from pretrain.models.hf_interop import hf_config, to_hf_state_dict
+    from pretrain.models.hf_vision import write_hf_directory
     from pretrain.models.perceiver_io import PerceiverIOConfig
 
+    if pretrained.model_type in HF_VISION_TYPES:
+        vision = build_config(pretrained.model_type, pretrained.model)
+        return write_hf_directory(vision, pretrained.state_dict, output, DTYPES[dtype])
     if pretrained.model_type != "perceiver_io_mlm":
         raise ValueError(
-            f"--format hf: only perceiver_io_mlm has an HF counterpart, not {pretrained.model_type}"
+            f"--format hf: only perceiver_io_mlm has an HF counterpart among the text models (and "
+            f"{', '.join(HF_VISION_TYPES)}), not {pretrained.model_type}"
         )
     cfg = PerceiverIOConfig(**pretrained.model)
     hf = PerceiverForMaskedLM(hf_config(cfg))

@@ -1,4 +1,5 @@
-"""Weight conversion between `PerceiverMLM` and HF `transformers.PerceiverForMaskedLM`.
+"""Weight conversion between `PerceiverMLM` and HF `transformers.PerceiverForMaskedLM`, and the
+attention-layer key tables every HF conversion uses (`pretrain.models.hf_vision` too).
 
 The two models compute the same function; only parameter names differ and our self-attention
 (`qkv_proj`) and cross-attention (`kv_proj`) projections are row-wise concatenations of HF's
@@ -133,22 +134,18 @@ def config_from_hf(hf_cfg: Any) -> PerceiverIOConfig:
 
 def _layer_prefixes(cfg: PerceiverIOConfig) -> list[tuple[str, str, bool]]:
     """(our prefix, HF prefix, is_cross_attention) of every attention layer."""
-    layers = [
-        ("cross_attention.", "perceiver.encoder.cross_attention.", True),
-        ("decoder_cross_attention.", "perceiver.decoder.decoding_cross_attention.", True),
-    ]
-    for i in range(cfg.num_self_attention_layers_per_block):
-        layers.append(
-            (f"self_attention_layers.{i}.", f"perceiver.encoder.self_attends.{i}.", False)
-        )
-    return layers
+    decoder = ("decoder_cross_attention.", "perceiver.decoder.decoding_cross_attention.", True)
+    return [decoder, *encoder_layer_prefixes(cfg.num_self_attention_layers_per_block)]
 
 
-def to_hf_state_dict(state_dict: Mapping[str, Tensor], cfg: PerceiverIOConfig) -> dict[str, Tensor]:
-    """Converts a `PerceiverMLM` state dict to `PerceiverForMaskedLM` names and layouts."""
-    check_hf_compatible(cfg)
-    out = {hf: state_dict[ours] for ours, hf in _TOP_KEYS}
-    for ours_prefix, hf_prefix, is_cross in _layer_prefixes(cfg):
+LayerPrefixes = list[tuple[str, str, bool]]  # (our prefix, HF prefix, is_cross_attention)
+
+
+def layers_to_hf(state_dict: Mapping[str, Tensor], layers: LayerPrefixes) -> dict[str, Tensor]:
+    """HF names and layouts of the attention layers at ``layers`` (our fused q/k/v projections
+    split into HF's separate query, key and value Linears)."""
+    out = {}
+    for ours_prefix, hf_prefix, is_cross in layers:
         for ours, hf in _CROSS_KEYS if is_cross else _SELF_KEYS:
             out[hf_prefix + hf] = state_dict[ours_prefix + ours]
         v = state_dict[ours_prefix + "attention.o_proj.weight"].shape[1]
@@ -163,13 +160,11 @@ def to_hf_state_dict(state_dict: Mapping[str, Tensor], cfg: PerceiverIOConfig) -
     return out
 
 
-def from_hf_state_dict(
-    hf_state_dict: Mapping[str, Tensor], cfg: PerceiverIOConfig
-) -> dict[str, Tensor]:
-    """Converts a `PerceiverForMaskedLM` state dict to `PerceiverMLM` names and layouts."""
-    check_hf_compatible(cfg)
-    out = {ours: hf_state_dict[hf] for ours, hf in _TOP_KEYS}
-    for ours_prefix, hf_prefix, is_cross in _layer_prefixes(cfg):
+def layers_from_hf(hf_state_dict: Mapping[str, Tensor], layers: LayerPrefixes) -> dict[str, Tensor]:
+    """Our names and layouts of HF's attention layers at ``layers`` (inverse of
+    ``layers_to_hf``)."""
+    out = {}
+    for ours_prefix, hf_prefix, is_cross in layers:
         for ours, hf in _CROSS_KEYS if is_cross else _SELF_KEYS:
             out[ours_prefix + ours] = hf_state_dict[hf_prefix + hf]
         names = ["key", "value"] if is_cross else ["query", "key", "value"]
@@ -178,3 +173,29 @@ def from_hf_state_dict(
             parts = [hf_state_dict[f"{hf_prefix}attention.self.{name}.{param}"] for name in names]
             out[ours_prefix + fused + param] = torch.cat(parts, dim=0)
     return out
+
+
+def encoder_layer_prefixes(num_self_attention_layers: int) -> LayerPrefixes:
+    """The latent encoder's layers: ``perceiver.encoder.*`` in every HF Perceiver model."""
+    layers = [("cross_attention.", "perceiver.encoder.cross_attention.", True)]
+    for i in range(num_self_attention_layers):
+        layers.append(
+            (f"self_attention_layers.{i}.", f"perceiver.encoder.self_attends.{i}.", False)
+        )
+    return layers
+
+
+def to_hf_state_dict(state_dict: Mapping[str, Tensor], cfg: PerceiverIOConfig) -> dict[str, Tensor]:
+    """Converts a `PerceiverMLM` state dict to `PerceiverForMaskedLM` names and layouts."""
+    check_hf_compatible(cfg)
+    out = {hf: state_dict[ours] for ours, hf in _TOP_KEYS}
+    return {**out, **layers_to_hf(state_dict, _layer_prefixes(cfg))}
+
+
+def from_hf_state_dict(
+    hf_state_dict: Mapping[str, Tensor], cfg: PerceiverIOConfig
+) -> dict[str, Tensor]:
+    """Converts a `PerceiverForMaskedLM` state dict to `PerceiverMLM` names and layouts."""
+    check_hf_compatible(cfg)
+    out = {ours: hf_state_dict[hf] for ours, hf in _TOP_KEYS}
+    return {**out, **layers_from_hf(hf_state_dict, _layer_prefixes(cfg))}

@@ -1,0 +1,165 @@
+"""Perceiver IO image classifier and optical flow: paper presets (HF's parameter counts), analytic
+counts and FLOPs, patch extraction, config errors, activation checkpointing, the bench script."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from pretrain.models import build_config, build_model
+from pretrain.models.image_classifier import PerceiverImageClassifierConfig, conv_downsample_size
+from pretrain.models.optical_flow import PerceiverOpticalFlowConfig, extract_patches
+from tests.conftest import REPO
+from tests.pretrain.flop_count import count_matmul_flops
+
+PRESETS = REPO / "configs" / "model"
+# HF's counts: the classes built on the meta device from the published configs (the learned
+# classifier at image_size 224; PerceiverConfig's default image_size 56 would give 50,213,608).
+PAPER = {
+    "perceiver_io_image_fourier": ("PerceiverForImageClassificationFourier", 48_440_627),
+    "perceiver_io_image_learned": ("PerceiverForImageClassificationLearned", 62_255_848),
+    "perceiver_io_image_conv": ("PerceiverForImageClassificationConvProcessing", 48_646_522),
+    "perceiver_io_flow": ("PerceiverForOpticalFlow", 41_057_134),
+}
+
+
+def preset(name: str, **overrides):
+    raw = {**yaml.safe_load((PRESETS / f"{name}.yaml").read_text()), **overrides}
+    return build_config(raw["type"], raw)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_presets_have_hfs_parameter_counts(name):
+    import transformers
+
+    from pretrain.models.hf_vision import hf_class_name, hf_config
+
+    cfg = preset(name)
+    hf_name, expected = PAPER[name]
+    assert hf_class_name(cfg) == hf_name
+    with torch.device("meta"):
+        ours = build_model(cfg.type, cfg)
+        hf = getattr(transformers, hf_name)(hf_config(cfg))
+    n = sum(p.numel() for p in ours.parameters())
+    assert n == cfg.num_params() == sum(p.numel() for p in hf.parameters()) == expected
+
+
+def test_paper_input_sizes():
+    assert [
+        preset(f"perceiver_io_image_{p}").input_channels for p in ("fourier", "learned", "conv")
+    ] == [261, 512, 322]
+    assert (
+        conv_downsample_size(224) == 55 and preset("perceiver_io_image_conv").num_inputs == 55 * 55
+    )
+    flow = preset("perceiver_io_flow")
+    assert (flow.input_channels, flow.num_inputs, flow.patch_features) == (322, 368 * 496, 54)
+
+
+TINY_IMAGE = {"image_size": 16, "num_frequency_bands": 4, "num_classes": 3}
+
+
+@pytest.mark.parametrize("prep", ["fourier", "learned", "conv"])
+def test_image_counts_and_flops_match_the_model(prep):
+    extra = {"preprocessing_channels": 8} if prep != "fourier" else {}
+    cfg = preset("perceiver_io_image_tiny", preprocessing=prep, **TINY_IMAGE, **extra)
+    torch.manual_seed(0)
+    model = build_model(cfg.type, cfg)
+    model.init_weights()
+    assert sum(p.numel() for p in model.parameters()) == cfg.num_params()
+    model.eval()
+    with count_matmul_flops() as counter:
+        logits = model(torch.randn(1, 3, 16, 16))
+    assert logits.shape == (1, 3)
+    assert counter.get_total_flops() == cfg.flops_per_sample() // 3
+
+
+def test_flow_counts_flops_and_output_shape():
+    cfg = preset("perceiver_io_flow_tiny", image_height=8, image_width=12, num_frequency_bands=4)
+    torch.manual_seed(0)
+    model = build_model(cfg.type, cfg)
+    model.init_weights()
+    assert sum(p.numel() for p in model.parameters()) == cfg.num_params()
+    model.eval()
+    with count_matmul_flops() as counter:
+        flow = model(torch.rand(1, 2, 3, 8, 12) * 2 - 1)
+    assert flow.shape == (1, 8, 12, 2)
+    assert counter.get_total_flops() == cfg.flops_per_sample() // 3
+
+
+def test_patch_projection_equals_linear_over_extracted_patches():
+    cfg = preset("perceiver_io_flow_tiny", image_height=5, image_width=7)
+    torch.manual_seed(0)
+    model = build_model(cfg.type, cfg)
+    model.init_weights()
+    frames = torch.randn(2, 2, 3, 5, 7)
+    patches = extract_patches(frames)  # [b, 2, 27, H, W], channels (ky, kx, c)
+    # Golden: pixel (y, x) = (0, 0) of frame 1, patch entry (ky, kx, c) = (1, 2, 0) is the
+    # frame's pixel (y + ky - 1, x + kx - 1) = (0, 1), channel 0; (ky, kx) = (0, *) is padding.
+    assert patches[0, 1, (1 * 3 + 2) * 3 + 0, 0, 0] == frames[0, 1, 0, 0, 1]
+    assert torch.all(patches[:, :, :9, 0, :] == 0)
+    x = patches.permute(0, 3, 4, 1, 2).reshape(2, 35, 54)  # per pixel: frame 0's 27, frame 1's
+    torch.testing.assert_close(
+        model.project_patches(frames), model.patch_projection(x), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="preprocessing"):
+        PerceiverImageClassifierConfig(preprocessing="patches")
+    with pytest.raises(ValueError, match="image_size"):
+        PerceiverImageClassifierConfig(image_size=0)
+    with pytest.raises(ValueError, match="self_attention_qk_channels"):
+        PerceiverImageClassifierConfig(self_attention_qk_channels=100)
+    with pytest.raises(ValueError, match="flow_scale"):
+        PerceiverOpticalFlowConfig(flow_scale=0.0)
+    with pytest.raises(ValueError, match="num_patch_channels"):
+        PerceiverOpticalFlowConfig(num_patch_channels=-1)
+    model = build_model("perceiver_io_optical_flow", preset("perceiver_io_flow_tiny"))
+    with pytest.raises(ValueError, match=r"\[b, 2, 3, 32, 48\]"):
+        model(torch.zeros(1, 2, 3, 64, 48))
+
+
+@pytest.mark.parametrize("name", ["perceiver_io_image_tiny", "perceiver_io_flow_tiny"])
+def test_activation_checkpointing_keeps_loss_and_gradients(name):
+    from pretrain.train.parallelize import checkpointed_layer_indices, parallelize_model
+
+    cfg = preset(name)
+    shape = (2, 3, 32, 32) if "image" in name else (2, 2, 3, 32, 48)
+    x = torch.randn(shape)
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(cfg.type, cfg)
+        model.init_weights()
+        parallelize_model(model, activation_checkpointing=checkpointing)
+        loss = model(x).square().mean()
+        loss.backward()
+        grads = {
+            k.replace("_checkpoint_wrapped_module.", ""): p.grad
+            for k, p in model.named_parameters()
+        }
+        results.append((loss.detach(), grads))
+    assert checkpointed_layer_indices(model) == list(range(len(model.self_attention_layers)))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    for key, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][key], msg=key)
+
+
+def test_tiny_image_classifier_learns_a_batch():
+    cfg = preset("perceiver_io_image_tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg.type, cfg)
+    model.init_weights()
+    labels = torch.arange(16) % 4  # the class is the mean colour of a noisy image
+    colors = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-1.0, -1, -1]])
+    images = torch.randn(16, 3, 32, 32) * 0.5 + colors[labels][:, :, None, None]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0], losses
