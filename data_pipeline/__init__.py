@@ -15,13 +15,19 @@
         convert.py      parts, worker processes, resume
         prepare.py      `prepare`, the one text shard writer (perceiver data prepare)
         manifest.py     the shard contract: `read_manifest`, `write_manifest`, `check_shards`
-                        (one validator, text and video), publishing a build
+                        (one validator, text, video, image and flow), publishing a build
         remote.py       s3:// gs:// outputs and inputs
-    loading/        `build_dataloader` (dataset.py), mixtures.py, collators.py (MLM/AR batches)
+    loading/        `build_dataloader` (dataset.py), mixtures.py, collators.py (MLM/AR batches,
+                    image and flow batches)
     video/          labelled videos -> clip shards (clips.py records, decode.py, labels.py,
                     shards.py, cli.py)
+    images/         labelled images -> image shards (listing.py layouts, prepare.py decoding and
+                    conversion, build.py the parallel resumable writer of image and flow shards)
+    flow/           optical flow: formats.py (.flo, KITTI PNG, colour wheel), generate.py
+                    (procedural pairs), shards.py (generate-flow), readers.py (prepare-flow)
     inspection.py   `perceiver data inspect`
-    cli.py          `perceiver data prepare|train-spm|inspect|prepare-video` (argparse wiring)
+    cli.py          `perceiver data prepare|train-spm|inspect|prepare-video|prepare-images|
+                    generate-flow|prepare-flow` (argparse wiring)
     files.py        atomic file writes
 
 Nothing here imports `pretrain`. Names below are imported lazily, so `import data_pipeline` is
@@ -67,6 +73,14 @@ _EXPORTS = {
     "build_mixture_dataloader": "loading.mixtures",
     "build_val_loader": "loading.mixtures",
     "segment_ids": "loading.collators",
+    "stack_images": "loading.collators",
+    "stack_flow": "loading.collators",
+    "check_image_manifest": "shards.manifest",
+    "check_flow_manifest": "shards.manifest",
+    "prepare_images": "images.prepare",
+    "generate_flow": "flow.shards",
+    "prepare_flow": "flow.readers",
+    "generate_pair": "flow.generate",
 }
 
 __all__ = sorted(_EXPORTS)

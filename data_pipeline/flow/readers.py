@@ -26,7 +26,13 @@ from typing import Any
 
 from data_pipeline.flow.formats import read_flo, read_image, read_kitti_flow
 from data_pipeline.flow.shards import FLOW_COLUMNS, KIND, describe_flow, flow_sample
-from data_pipeline.images.build import PART_SIZE, Rejection, TaskResult, build_shards
+from data_pipeline.images.build import (
+    PART_SIZE,
+    Rejection,
+    TaskResult,
+    build_shards,
+    check_local_output,
+)
 from data_pipeline.shards.manifest import DEFAULT_SIZE_LIMIT
 from data_pipeline.shards.packing import assign_split
 
@@ -226,6 +232,7 @@ def prepare_flow(
         FileNotFoundError: If the input or its layout's folders are missing.
         ValueError: For bad arguments, or when no training pair is left.
     """
+    check_local_output(out_dir, "prepare-flow")
     tasks, rejections, rule = list_pairs(
         fmt, input_dir, render_pass=render_pass, val_fraction=val_fraction
     )

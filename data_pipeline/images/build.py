@@ -8,13 +8,15 @@ depend only on the task list, never on the worker count, so the output is the sa
 or 64 workers. Each part is decoded and written by one worker process as an MDS sub-dataset in
 the build directory beside the output, then recorded:
 
-    .DIR.build/plan.json                  kind, settings and a digest of the tasks
-    .DIR.build/parts/<split>-<part>.json  a finished part: samples, counters, rejections
+    .DIR.build/plan.json                  kind, columns and settings
+    .DIR.build/parts/<split>-<part>.json  a finished part: digest of its tasks, samples,
+                                          counters, rejections
     .DIR.build/<split>/<part>/            its shards and sub-index
     .DIR.build/tmp/                       parts being written (cleared on resume)
 
-Re-running the same command after a crash skips the recorded parts; other settings or another
-task list are refused (or discarded with `overwrite`). Only when every part is done are the split
+Re-running the same command after a crash skips the recorded parts whose tasks are unchanged (a
+task may carry a file's size and mtime, so a changed input redoes its part); other settings are
+refused (or discarded with `overwrite`). Only when every part is done are the split
 indexes merged, `manifest.json` written, everything flushed and `.DIR.build` renamed to `DIR`:
 `DIR` appears complete or not at all.
 """
@@ -56,6 +58,7 @@ __all__ = [
     "Rejection",
     "TaskResult",
     "build_shards",
+    "check_local_output",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,6 +101,7 @@ def _digest(obj: Any) -> str:
 
 
 def _run_part(job: tuple[Path, str, str, list[Any], dict[str, str], Any, TaskFn]) -> dict:
+    # job: (build dir, split, part name, tasks, MDS columns, size limit, task function)
     """Writes one part (in a worker process) and returns its record."""
     from streaming import MDSWriter
 
@@ -129,6 +133,7 @@ def _run_part(job: tuple[Path, str, str, list[Any], dict[str, str], Any, TaskFn]
     return {
         "split": split,
         "part": name,
+        "digest": _digest(tasks),
         "tasks": len(tasks),
         "samples": samples,
         "counts": dict(sorted(counts.items())),
@@ -175,6 +180,19 @@ def _done_parts(build: Path) -> dict[tuple[str, str], dict]:
         if (build / record["split"] / record["part"] / "index.json").is_file():
             done[record["split"], record["part"]] = record
     return done
+
+
+def check_local_output(out_dir: str | os.PathLike[str], command: str) -> None:
+    """Refuses an object-storage URL as output (before any input is listed or decoded).
+
+    Raises:
+        ValueError: Naming the URL and what to do instead.
+    """
+    if is_url(out_dir):
+        raise ValueError(
+            f"output: {command} writes a local directory, not {os.fspath(out_dir)}; build it "
+            "locally, then upload it with manifest.json last (data_pipeline.shards.remote.publish)"
+        )
 
 
 def build_shards(
@@ -224,11 +242,7 @@ def build_shards(
     """
     from tqdm import tqdm
 
-    if is_url(out_dir):
-        raise ValueError(
-            f"output: {command} writes a local directory, not {os.fspath(out_dir)}; build it "
-            "locally, then upload it with manifest.json last (data_pipeline.shards.remote.publish)"
-        )
+    check_local_output(out_dir, command)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if part_size < 1:
@@ -243,10 +257,6 @@ def build_shards(
         "settings": dict(settings),
         "size_limit": size_limit,
         "part_size": part_size,
-        "tasks": {
-            split: [len(tasks.get(split, ())), _digest(list(tasks.get(split, ())))]
-            for split in SPLITS
-        },  # fmt: skip
     }
     build = _open_build(out, plan, overwrite)
     parts: dict[str, list[str]] = {split: [] for split in SPLITS}
@@ -257,11 +267,14 @@ def build_shards(
         for begin in range(0, len(items), part_size):
             name = f"{begin // part_size:05d}"
             parts[split].append(name)
-            if (split, name) not in done:
-                chunk = items[begin : begin + part_size]
+            chunk = items[begin : begin + part_size]
+            record = done.get((split, name))
+            if record is None or record["digest"] != _digest(chunk):
+                done.pop((split, name), None)
                 jobs.append((build, split, name, chunk, columns, size_limit, fn))
     if done:
-        logger.info("%s: %d parts already done, %d to write", out, len(done), len(jobs))
+        kept = sum(len(names) for names in parts.values()) - len(jobs)
+        logger.info("%s: %d parts already done, %d to write", out, kept, len(jobs))
     bar = tqdm(total=len(jobs), unit="part", desc=f"{command} {out.name}", disable=not progress)
     try:
         for record in _results(jobs, workers):
@@ -290,6 +303,9 @@ def build_shards(
     splits = {}
     for split in SPLITS:
         (build / split).mkdir(exist_ok=True)
+        for stale in (build / split).iterdir():  # parts of an earlier, longer task list
+            if stale.is_dir() and stale.name not in parts[split]:
+                shutil.rmtree(stale)
         shards = merge_split_index(build / split, parts[split])
         splits[split] = {
             "samples": samples[split],

@@ -51,12 +51,19 @@ _SYNSET = re.compile(r"^n\d{8}$")
 
 @dataclass(frozen=True)
 class ImageItem:
-    """One labelled image: absolute path, path relative to the input root, label, split."""
+    """One labelled image: absolute path, path relative to the input root, label, split, and
+    ``"size:mtime_ns"`` (a resumed build redoes the part of a changed file)."""
 
     path: str
     rel: str
     label: int
     split: str
+    stamp: str = ""
+
+
+def _item(path: Path, rel: str, label: int, split: str) -> ImageItem:
+    stat = path.stat()
+    return ImageItem(str(path), rel, label, split, f"{stat.st_size}:{stat.st_mtime_ns}")
 
 
 @dataclass
@@ -130,7 +137,7 @@ def _list_folders(
             )
         else:
             chosen = split or assign_split(rel, val_fraction)
-            listing.items.append(ImageItem(str(path), rel, index[parts[0]], chosen))
+            listing.items.append(_item(path, rel, index[parts[0]], chosen))
 
 
 def _val_labels(
@@ -193,7 +200,7 @@ def _list_val(
             )
         else:
             chosen = split or assign_split(rel, val_fraction)
-            listing.items.append(ImageItem(str(path), rel, index[synset], chosen))
+            listing.items.append(_item(path, rel, index[synset], chosen))
 
 
 def list_images(

@@ -11,9 +11,9 @@ Layout (the "image" shard contract of docs/vision_data.md):
 
 Every file is fully decoded (Pillow) before it is kept, so truncated or corrupt files are
 rejected here, never in a training run. Images that are not 8-bit RGB are converted to RGB and
-re-encoded: grayscale, CMYK, palette, with alpha (composited on white) or of other modes, each
-counted by kind; JPEG inputs are re-encoded as JPEG quality 95, everything else as PNG. RGB
-files in other formats than JPEG and PNG (BMP, GIF, TIFF, WebP, PPM) are re-encoded as PNG
+re-encoded: grayscale, CMYK, palette, with alpha (composited on white), 16-bit or of other
+modes, each counted by kind; JPEG inputs are re-encoded as JPEG quality 95, everything else as
+PNG. RGB files in other formats than JPEG and PNG (BMP, GIF, TIFF, WebP, PPM) are re-encoded as PNG
 (counted as ``format``). The build is parallel, the same bytes for any worker count, and
 resumable (`images.build`).
 """
@@ -26,7 +26,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.images.build import PART_SIZE, Rejection, TaskResult, build_shards
+from data_pipeline.images.build import (
+    PART_SIZE,
+    Rejection,
+    TaskResult,
+    build_shards,
+    check_local_output,
+)
 from data_pipeline.images.listing import list_images
 from data_pipeline.shards.manifest import DEFAULT_SIZE_LIMIT
 
@@ -41,7 +47,7 @@ __all__ = [
 
 KIND = "image"
 IMAGE_COLUMNS = {"image": "bytes", "label": "int", "path": "str"}
-CONVERSIONS = ("grayscale", "cmyk", "palette", "alpha", "other_mode", "format")
+CONVERSIONS = ("grayscale", "cmyk", "palette", "alpha", "other_mode", "bit_depth", "format")
 """Conversion kinds counted in the manifest."""
 JPEG_QUALITY = 95
 _GRAY_MODES = {"1", "L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -56,8 +62,10 @@ class ImageError(ValueError):
         self.detail = detail
 
 
-def _conversion(mode: str, fmt: str | None, info: dict[str, Any]) -> str | None:
+def _conversion(mode: str, fmt: str | None, info: dict[str, Any], data: bytes) -> str | None:
     if mode == "RGB":
+        if fmt == "PNG" and data[24:25] == b"\x10":  # IHDR bit depth 16 (Pillow reads 8 bits)
+            return "bit_depth"
         return None if fmt in ("JPEG", "PNG") else "format"
     if mode in _GRAY_MODES:
         return "grayscale"
@@ -98,7 +106,7 @@ def convert_image(data: bytes, what: str) -> tuple[bytes, str | None, str]:
     try:
         with image:
             image.load()  # decodes every pixel: truncated and corrupt data raise here
-            conversion = _conversion(image.mode, fmt, image.info)
+            conversion = _conversion(image.mode, fmt, image.info, data)
             if conversion is None:
                 return data, None, fmt or "unknown"
             if conversion == "grayscale" and image.mode not in ("1", "L"):
@@ -121,8 +129,8 @@ def convert_image(data: bytes, what: str) -> tuple[bytes, str | None, str]:
     return buffer.getvalue(), conversion, fmt or "unknown"
 
 
-def _image_task(task: tuple[str, str, int]) -> TaskResult:
-    path, rel, label = task
+def _image_task(task: tuple[str, str, int, str]) -> TaskResult:
+    path, rel, label, _ = task  # the stamp only tells a resumed build what changed
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -182,13 +190,18 @@ def prepare_images(
         FileNotFoundError: If the input or a given file does not exist.
         ValueError: For bad arguments or label files, or when no training image is left.
     """
+    check_local_output(out_dir, "prepare-images")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     listing = list_images(
         input_dir, layout=layout, val_labels=val_labels, synsets=synsets, val_fraction=val_fraction
     )
     tasks = {
-        split: [(item.path, item.rel, item.label) for item in listing.items if item.split == split]
+        split: [
+            (item.path, item.rel, item.label, item.stamp)
+            for item in listing.items
+            if item.split == split
+        ]
         for split in ("train", "val")
     }
     classes = listing.classes

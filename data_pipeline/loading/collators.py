@@ -92,9 +92,12 @@ def decode_rgb(data: bytes | np.ndarray, what: str = "image") -> torch.Tensor:
 
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     try:
-        return decode_image(buffer, mode=ImageReadMode.RGB)
+        image = decode_image(buffer, mode=ImageReadMode.RGB)
     except RuntimeError as err:
         raise ValueError(f"{what}: cannot decode the stored image ({err})") from err
+    if image.dtype == torch.uint16:  # a 16-bit PNG: keep the high byte
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
 
 
 def _padded_size(sizes: Sequence[tuple[int, int]]) -> tuple[int, int]:

@@ -378,6 +378,12 @@ def test_prepare_flow_sintel_rejects_and_names_bad_files(tmp_path):
     with pytest.raises(SystemExit, match="not found"):
         main(["data", "prepare-flow", "--format", "kitti", "--input", str(tmp_path / "sintel"),
               "--output", str(tmp_path / "k")])  # fmt: skip
+    for argv in (
+        ["prepare-flow", "--format", "sintel", "--input", str(tmp_path / "missing")],
+        ["generate-flow", "--train", "2", "--val", "1", "--height", "8", "--width", "8"],
+    ):
+        with pytest.raises(SystemExit, match="writes a local directory, not s3://b/flow"):
+            main(["data", *argv, "--output", "s3://b/flow"])
 
 
 def iter_stored(root: Path, split: str = "train"):

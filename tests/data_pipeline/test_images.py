@@ -81,6 +81,19 @@ def test_convert_image_keeps_rgb_bytes_and_converts_the_rest(tmp_path):
         image = Image.open(io.BytesIO(stored))
         assert image.mode == "RGB" and image.size == (16, 12)
         assert image.format == ("JPEG" if fmt == "JPEG" else "PNG")
+    # a 16-bit RGB PNG (written by the KITTI flow writer) becomes 8-bit, high bytes kept
+    from data_pipeline.flow.formats import write_kitti_flow
+
+    sixteen = write_kitti_flow(tmp_path / "16.png", np.full((4, 5, 2), 2.0, np.float32))
+    stored, conversion, fmt = convert_image(sixteen.read_bytes(), "16.png")
+    assert (conversion, fmt) == ("bit_depth", "PNG")
+    assert np.asarray(Image.open(io.BytesIO(stored)))[0, 0].tolist() == [
+        (2 * 64 + 32768) >> 8, (2 * 64 + 32768) >> 8, 0
+    ]  # fmt: skip
+    from data_pipeline.loading.collators import decode_rgb
+
+    assert str(decode_rgb(sixteen.read_bytes()).dtype) == "torch.uint8"
+    assert decode_rgb(sixteen.read_bytes())[:, 0, 0].tolist() == [128, 128, 0]
     # fully transparent pixels become white; CMYK comes back close to the original colours
     alpha = Image.open(io.BytesIO(convert_image((tmp_path / "a.png").read_bytes(), "a")[0]))
     assert np.asarray(alpha).min() == 255
@@ -241,6 +254,29 @@ def test_workers_same_bytes_and_resume_after_a_crash(train_tree, tmp_path, monke
                              progress=False)  # fmt: skip
     assert len(calls) == sum(one["parts"].values()) - 2  # only the missing parts ran
     assert files(tmp_path / "three") == files(tmp_path / "one")
+    # a file changed after the crash: its finished part is redone, the others are kept
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(build_module, "_run_part", crash_on_third)
+        prepare_images(train_tree, tmp_path / "five", val_fraction=0.3, part_size=4,
+                       progress=False)  # fmt: skip
+    assert (tmp_path / ".five.build" / "parts" / "train-00000.json").is_file()
+    calls.clear()
+    monkeypatch.setattr(build_module, "_run_part", lambda job: calls.append(job) or real(job))
+    first = next(i for i in list_images(train_tree, val_fraction=0.3).items if i.split == "train")
+    changed = Path(first.path)  # in train part 00000, finished before the crash
+    original = changed.read_bytes()
+    try:
+        _save(changed, _rgb(99), quality=90)
+        prepare_images(train_tree, tmp_path / "five", val_fraction=0.3, part_size=4,
+                       progress=False)  # fmt: skip
+    finally:
+        changed.write_bytes(original)
+    redone = {(job[1], job[2]) for job in calls}
+    assert len(redone) == sum(one["parts"].values()) - 1  # the changed file's part was redone
+    (sample,) = [s for s in iter_stored_samples(tmp_path / "five", "train")
+                 if s["path"] == first.rel]  # fmt: skip
+    assert sample["image"] != original
     assert resumed["splits"] == one["splits"] and not (tmp_path / ".three.build").exists()
     # an unfinished build with other settings is refused, not mixed
     monkeypatch.setattr(build_module, "_run_part", crash_on_third)
@@ -262,5 +298,13 @@ def test_prepare_images_errors(tmp_path):
         prepare_images(tmp_path / "in", tmp_path / "out", val_fraction=0.0, progress=False)
     assert not (tmp_path / "out").exists()
     with pytest.raises(SystemExit, match="writes a local directory, not s3://"):
-        main(["data", "prepare-images", "--input", str(tmp_path / "in"), "--output",
-              "s3://bucket/images"])  # fmt: skip
+        main(
+            [
+                "data",
+                "prepare-images",
+                "--input",
+                str(tmp_path / "missing"),
+                "--output",
+                "s3://bucket/images",
+            ]
+        )  # fmt: skip  (refused before the input is listed)
