@@ -8,8 +8,8 @@ view (centre crop) otherwise, so validation and ``perceiver eval`` see the same 
 
 * ``image_classification``: cross-entropy with label smoothing; with MixUp/CutMix the soft target
   ``lam * y + (1 - lam) * y[perm]`` (the loss is the same mixture of the two cross-entropies).
-  Metrics: loss, top-1 and top-5 accuracy against the images' own labels (integer counts summed
-  over ranks, so the accuracy is exact).
+  Metrics: loss (in evaluation plain cross-entropy, without smoothing), top-1 and top-5 accuracy
+  against the images' own labels (integer counts summed over ranks in float64: exact).
 * ``optical_flow``: the loss is the average end-point error (EPE, the L2 distance between
   predicted and true flow vectors) over valid pixels. The paper does not spell its training loss
   out in what we could consult (its appendix gives the optimiser, schedule and curriculum), so
