@@ -1,10 +1,10 @@
 """`make demo-vision`: image classification and optical flow end to end on CPU (a few minutes).
 
-1. Images: draws a small labelled set procedurally (:func:`draw_shapes`: six classes, a shape
-   (disc, square, triangle) in a colour family (warm, cool), at random sizes, places and
-   backgrounds, images of 40 to 64 pixels a side) as PNG class folders, runs `perceiver data
-   prepare-images` on it, trains `configs/tiny_image.yaml` and prints validation top-1 against
-   chance.
+1. Images: draws a small labelled set procedurally (:func:`draw_shapes`: six classes, each a
+   shape (disc, square, triangle) in its own colour family, at random sizes, places and shades on
+   random noisy backgrounds, images of 40 to 64 pixels a side) as PNG class folders, runs
+   `perceiver data prepare-images` on it, trains `configs/tiny_image.yaml` and prints validation
+   top-1 against chance.
 2. Flow: `perceiver data generate-flow` (procedural AutoFlow-style pairs), trains
    `configs/tiny_flow.yaml`, prints the validation end-point error beside the zero-flow
    baseline's, and runs `perceiver flow` on two real Sintel frames (../shared/data/flow_frames)
@@ -27,9 +27,18 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = REPO.parent / "shared" / "data" / "flow_frames"
-SHAPES = ("disc", "square", "triangle")
-COLOURS = {"warm": ((200, 255), (0, 120), (0, 80)), "cool": ((0, 80), (60, 200), (160, 255))}
-CLASSES = [f"{colour}_{shape}" for colour in COLOURS for shape in SHAPES]
+# Per colour family, the (low, high) range of each RGB channel of the shape's fill.
+COLOURS = {
+    "red": ((200, 255), (0, 70), (0, 70)),
+    "green": ((0, 70), (170, 255), (0, 70)),
+    "blue": ((0, 70), (0, 70), (170, 255)),
+    "yellow": ((200, 255), (200, 255), (0, 70)),
+    "cyan": ((0, 70), (170, 255), (170, 255)),
+    "magenta": ((170, 255), (0, 70), (170, 255)),
+}
+CLASSES = [
+    "red_disc", "green_square", "blue_triangle", "yellow_disc", "cyan_square", "magenta_triangle",
+]  # fmt: skip
 
 
 def draw_shape(cls: str, rng: np.random.Generator, min_size: int = 40, max_size: int = 64):
