@@ -75,7 +75,7 @@ def build_model(model_type: str, cfg: Mapping[str, Any] | ModelConfig) -> nn.Mod
     """Constructs (without initialising: call `init_weights()`) the model of `model_type`.
 
     Args:
-        model_type: A key of `MODEL_TYPES` ("perceiver_io_mlm" or "perceiver_ar").
+        model_type: A key of `MODEL_TYPES` (e.g. "perceiver_io_mlm", "perceiver_io_optical_flow").
         cfg: The config dataclass or a mapping of its fields (a `type` key is allowed).
 
     Returns:

@@ -11,7 +11,7 @@ as HF ``PerceiverForImageClassificationFourier`` / ``Learned`` / ``ConvProcessin
     h --classifier-->                                                           logits_bk
 
 The paper presets (``configs/model/perceiver_io_image_*.yaml``) have HF's parameter counts:
-48,440,627 (fourier), 50,213,608 (learned), 48,646,522 (conv). Weights convert both ways with
+48,440,627 (fourier), 62,255,848 (learned), 48,646,522 (conv). Weights convert both ways with
 ``pretrain.models.hf_vision``.
 """
 

@@ -23,6 +23,17 @@ from pretrain.models.image_classifier import PerceiverImageClassifierConfig
 from pretrain.models.optical_flow import PerceiverOpticalFlowConfig, extract_patches
 from tests.conftest import run_perceiver
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread (two OpenMP threads on a loaded 2-core machine wait for each
+    other at every op, up to 30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 LATENTS = dict(
     num_latents=8,
     num_latent_channels=32,

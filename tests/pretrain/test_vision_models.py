@@ -3,6 +3,10 @@ counts and FLOPs, patch extraction, config errors, activation checkpointing, the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import yaml
@@ -22,6 +26,16 @@ PAPER = {
     "perceiver_io_image_conv": ("PerceiverForImageClassificationConvProcessing", 48_646_522),
     "perceiver_io_flow": ("PerceiverForOpticalFlow", 41_057_134),
 }
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models: one thread (two OpenMP threads on a loaded 2-core machine wait for each
+    other at every op, up to 30x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def preset(name: str, **overrides):
@@ -163,3 +177,70 @@ def test_tiny_image_classifier_learns_a_batch():
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0], losses
+
+
+def test_bench_vision_smoke_runs():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "bench_vision.py"),
+            "--smoke",
+            "--models",
+            "conv",
+            "flow",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [
+        line.split()
+        for line in proc.stdout.splitlines()
+        if line.split()[:1] in (["conv"], ["flow"])
+    ]
+    assert [r[0] for r in rows] == ["conv", "flow"]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows), proc.stdout
+
+
+def _build_partitioned(rank: int, world: int, out: str) -> None:
+    import deepspeed
+
+    from pretrain.train.parallelize import build_for_training, num_parameters
+
+    deepspeed.init_distributed("gloo")
+    ds_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+    saved = {}
+    for name, overrides in ZERO3_MODELS:
+        cfg = preset(name, **overrides)
+        model = build_for_training(cfg.type, cfg, 0, ds_config)
+        assert sum(p.numel() for p in model.parameters()) == 0  # partitioned: none held whole
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            weights = {k: p.detach().clone() for k, p in model.named_parameters()}
+        saved[name + str(overrides)] = (num_parameters(model), weights)
+    if rank == 0:
+        torch.save(saved, f"{out}/partitioned.pt")
+
+
+ZERO3_MODELS = [
+    ("perceiver_io_image_tiny", {"preprocessing": "conv", "preprocessing_channels": 8}),
+    ("perceiver_io_image_tiny", {"preprocessing": "learned", "preprocessing_channels": 8}),
+    ("perceiver_io_flow_tiny", {}),
+]
+
+
+@pytest.mark.distributed
+def test_zero3_builds_partitioned_with_the_weights_of_a_whole_build(tmp_path):
+    from pretrain.train.parallelize import build_for_training
+    from tests.conftest import run_distributed
+
+    run_distributed(_build_partitioned, 2, (str(tmp_path),))
+    saved = torch.load(tmp_path / "partitioned.pt")
+    for name, overrides in ZERO3_MODELS:
+        cfg = preset(name, **overrides)
+        whole = dict(build_for_training(cfg.type, cfg, 0).named_parameters())
+        total, weights = saved[name + str(overrides)]
+        assert total == cfg.num_params() and weights.keys() == whole.keys()
+        for key, value in weights.items():
+            assert torch.equal(value, whole[key]), (name, key)
