@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-video test lint bench clean lock gpu-check
+.PHONY: install demo demo-video demo-vision test lint bench clean lock gpu-check
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python 3.10+ is required"'
@@ -23,6 +23,11 @@ demo: $(STAMP)
 # The video half end to end on the real clips in ../shared/data/video (about a minute on CPU).
 demo-video: $(STAMP)
 	$(BIN)/python tools/demo_video.py --out demo_out
+
+# Images and optical flow end to end: a generated shape set and generated flow pairs, tiny models
+# trained on CPU, `perceiver flow` on the real Sintel frames in ../shared/data/flow_frames.
+demo-vision: $(STAMP)
+	$(BIN)/python tools/demo_vision.py --out demo_out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_slurm_subcommands(sub)  # submit, status
     add_export_subcommands(sub)  # export, import-hf
     add_glue_slurm_options(add_glue_subcommand(sub))  # glue [--slurm ...]
-    add_inference_subcommands(sub)  # generate, fill-mask, eval
+    add_inference_subcommands(sub)  # generate, fill-mask, eval, flow
     return parser
 
 

@@ -3,7 +3,8 @@
     objective: {name: mlm, mask_prob: 0.15, mask_unit: word}
 
 ``name`` picks the section's dataclass; left out, it is the objective that trains ``model.type``
-(``mlm`` for perceiver_io_mlm, ``ar``, ``multimodal_ae``, ``classification``). The training code
+(``mlm`` for perceiver_io_mlm, ``ar``, ``multimodal_ae``, ``classification``,
+``image_classification``, ``optical_flow``). The training code
 of each objective is in ``pretrain.objectives``; what it reads from the run's config is here, with
 the pre-flight check (``check_data``) that the run's data fit the model, so ``--dry-run``, the
 trainer and GLUE refuse the same inputs before any process starts. This module imports nothing
@@ -12,7 +13,7 @@ from ``pretrain.objectives``: the config is the layer below the code it configur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -218,11 +219,145 @@ class ClassificationObjectiveConfig:
             )
 
 
+def _check_range(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo <= value <= hi:
+        raise ConfigError(f"objective.{key}: must be in [{lo}, {hi}], got {value}")
+
+
+def _check_pair(key: str, pair: list[float], lo: float) -> None:
+    if len(pair) != 2 or not lo < pair[0] <= pair[1]:
+        raise ConfigError(f"objective.{key}: two numbers {lo} < low <= high, got {pair}")
+
+
+@dataclass
+class ImageClassificationObjectiveConfig:
+    """``image_classification``: cross-entropy of an image classifier (the paper's ImageNet).
+
+    Attributes:
+        label_smoothing: Label smoothing of the cross-entropy (paper: 0.1).
+        crop_scale: Area fraction range of the random resized crop (torchvision: 0.08 to 1).
+        crop_ratio: Aspect ratio range of the random resized crop (3/4 to 4/3).
+        hflip: Mirror half of the training crops.
+        eval_crop_ratio: Evaluation's centre crop: the shorter side is resized to
+            ``image_size / eval_crop_ratio`` and the central square kept (0.875).
+        randaugment_ops: RandAugment operations per image (0: off; paper: 4).
+        randaugment_magnitude: RandAugment magnitude, 0-10 (paper: 5).
+        mixup_alpha: MixUp's Beta(alpha, alpha) (0: off).
+        cutmix_alpha: CutMix's Beta(alpha, alpha) (0: off).
+        mix_switch_prob: With both on, the probability that a batch uses CutMix.
+        mix_prob: The probability that a batch is mixed at all.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("perceiver_io_image_classifier",)
+    name: Literal["image_classification"] = "image_classification"
+    label_smoothing: float = 0.1
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: bool = True
+    eval_crop_ratio: float = 0.875
+    randaugment_ops: int = 0
+    randaugment_magnitude: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_switch_prob: float = 0.5
+    mix_prob: float = 1.0
+
+    def validate(self, model: Any) -> None:
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
+        _check_pair("crop_scale", self.crop_scale, 0.0)
+        if self.crop_scale[1] > 1.0:
+            raise ConfigError(f"objective.crop_scale: at most 1, got {self.crop_scale}")
+        _check_pair("crop_ratio", self.crop_ratio, 0.0)
+        _check_range("eval_crop_ratio", self.eval_crop_ratio, 0.05, 1.0)
+        _check_range("randaugment_ops", self.randaugment_ops, 0, 16)
+        _check_range("randaugment_magnitude", self.randaugment_magnitude, 0.0, 10.0)
+        _check_range("mixup_alpha", self.mixup_alpha, 0.0, 100.0)
+        _check_range("cutmix_alpha", self.cutmix_alpha, 0.0, 100.0)
+        _check_range("mix_switch_prob", self.mix_switch_prob, 0.0, 1.0)
+        _check_range("mix_prob", self.mix_prob, 0.0, 1.0)
+
+    def flops_per_sample(self, model: Any) -> int:
+        return model.flops_per_sample()
+
+    def check_data(self, cfg: Any) -> None:
+        """Refuses shards that are not image shards, have another number of classes than
+        ``model.num_classes``, or lack the training split."""
+        from data_pipeline.shards.manifest import check_image_manifest
+
+        for key, data_dir in _data_keys(cfg):
+            try:
+                check_image_manifest(
+                    data_dir, num_classes=cfg.model.num_classes, splits=[cfg.data.train_split]
+                )
+            except (FileNotFoundError, ValueError, KeyError) as e:
+                raise ConfigError(f"{key}: {e}") from None
+
+
+@dataclass
+class OpticalFlowObjectiveConfig:
+    """``optical_flow``: flow regression of Perceiver IO (AutoFlow pretraining, fine-tuning).
+
+    The loss is the average end-point error over valid pixels (also the reported metric, beside
+    the zero-flow baseline's). Augmentation (``pretrain.objectives.augment.flow``) crops the
+    model's ``image_height x image_width`` from pairs at least that large.
+
+    Attributes:
+        min_log2_scale: Lower end of the random scale, as log2 (scale 2 ** U(min, max)).
+        max_log2_scale: Upper end (0 and 0: no scaling; a pair is still scaled up to cover
+            the model's size when it is smaller after scaling).
+        hflip: Mirror half of the training pairs (the flow's x negated).
+        brightness: Brightness jitter: factors in ``1 +- brightness`` (0: off).
+        contrast: Contrast jitter amount.
+        saturation: Saturation jitter amount.
+        jitter_per_frame_prob: Probability that the two frames get different jitter.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("perceiver_io_optical_flow",)
+    name: Literal["optical_flow"] = "optical_flow"
+    min_log2_scale: float = -0.2
+    max_log2_scale: float = 0.6
+    hflip: bool = True
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    jitter_per_frame_prob: float = 0.2
+
+    def validate(self, model: Any) -> None:
+        _check_range("min_log2_scale", self.min_log2_scale, -3.0, 3.0)
+        _check_range("max_log2_scale", self.max_log2_scale, self.min_log2_scale, 3.0)
+        for key in ("brightness", "contrast", "saturation", "jitter_per_frame_prob"):
+            _check_range(key, getattr(self, key), 0.0, 1.0)
+
+    def flops_per_sample(self, model: Any) -> int:
+        return model.flops_per_sample()
+
+    def check_data(self, cfg: Any) -> None:
+        """Refuses shards that are not flow shards, lack the training split, or whose fixed
+        frame size is smaller than the model's ``image_height x image_width``."""
+        from data_pipeline.shards.manifest import check_flow_manifest
+
+        mc = cfg.model
+        for key, data_dir in _data_keys(cfg):
+            try:
+                manifest = check_flow_manifest(data_dir, splits=[cfg.data.train_split])
+            except (FileNotFoundError, ValueError, KeyError) as e:
+                raise ConfigError(f"{key}: {e}") from None
+            h, w = manifest.get("height"), manifest.get("width")
+            if h and w and (h < mc.image_height or w < mc.image_width):
+                raise ConfigError(
+                    f"{key}: {data_dir} holds {h} x {w} frames, smaller than the model's "
+                    f"training size model.image_height x model.image_width = "
+                    f"{mc.image_height} x {mc.image_width}"
+                )
+
+
 ObjectiveConfig = (
     MLMObjectiveConfig
     | ARObjectiveConfig
     | MultimodalObjectiveConfig
     | ClassificationObjectiveConfig
+    | ImageClassificationObjectiveConfig
+    | OpticalFlowObjectiveConfig
 )
 
 OBJECTIVE_CONFIGS: dict[str, type] = {
@@ -232,6 +367,8 @@ OBJECTIVE_CONFIGS: dict[str, type] = {
         ARObjectiveConfig,
         MultimodalObjectiveConfig,
         ClassificationObjectiveConfig,
+        ImageClassificationObjectiveConfig,
+        OpticalFlowObjectiveConfig,
     )
 }
 

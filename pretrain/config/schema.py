@@ -112,6 +112,9 @@ class OptimizerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-6
     warmup_steps: int = 1000
+    # steps at the peak lr after the warmup, before the decay (the Perceiver IO ImageNet recipe:
+    # flat for half of training, then cosine to 0); 0: the decay starts after the warmup
+    hold_steps: int = 0
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio at trainer.max_steps
     grad_clip: float = 1.0  # 0 disables clipping
@@ -123,6 +126,8 @@ class OptimizerConfig:
             raise ConfigError(f"optimizer.betas: two numbers in [0, 1), got {self.betas}")
         if self.warmup_steps < 0:
             raise ConfigError(f"optimizer.warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if self.hold_steps < 0:
+            raise ConfigError(f"optimizer.hold_steps: must be >= 0, got {self.hold_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"optimizer.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip < 0:

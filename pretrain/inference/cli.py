@@ -1,11 +1,13 @@
-"""``perceiver generate``, ``perceiver fill-mask`` and ``perceiver eval`` (registered by
-:func:`add_inference_subcommands`).
+"""``perceiver generate``, ``perceiver fill-mask``, ``perceiver eval`` and ``perceiver flow``
+(registered by :func:`add_inference_subcommands`).
 
     perceiver generate RUN [--checkpoint STEP] --prompt TEXT [--max-new-tokens N]
         [--temperature T] [--top-k K] [--top-p P] [--seed S]
     perceiver fill-mask RUN [--checkpoint STEP] --text "... [MASK] ..." [--span N] [--top K]
     perceiver eval RUN --data DIR [--split val] [--max-batches N] [--checkpoint STEP]
         [--nproc-per-node N] [--json FILE]
+    perceiver flow FRAME1 FRAME2 --checkpoint RUN [--step N] --output flow.png [--flo flow.flo]
+        [--device cpu|cuda] [--min-overlap 20] [--batch-size 8]
 """
 
 from __future__ import annotations
@@ -100,6 +102,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flow(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from data_pipeline.flow.formats import read_image
+    from pretrain.inference.flow import estimate_flow, load_flow_model, write_flow_outputs
+
+    try:
+        model = load_flow_model(args.checkpoint, args.step, args.device)
+        frame1, frame2 = read_image(args.frame1), read_image(args.frame2)
+        t0 = time.perf_counter()
+        flow = estimate_flow(model, frame1, frame2, args.min_overlap, args.batch_size)
+        written = write_flow_outputs(flow, args.output, args.flo)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    mag = np.linalg.norm(flow, axis=-1)
+    print(
+        f"flow {flow.shape[0]} x {flow.shape[1]} in {time.perf_counter() - t0:.1f} s: "
+        f"mean |flow| {mag.mean():.2f} px, max {mag.max():.2f} px -> "
+        + ", ".join(str(p) for p in written)
+    )
+    return 0
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory, checkpoint, export or HF Perceiver directory")
     p.add_argument("--checkpoint", type=int, default=None, help="step (default: newest)")
@@ -133,3 +161,17 @@ def add_inference_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc-per-node", type=int, default=0, help="spawn N local ranks")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("flow", help="optical flow between two frames (tiled, any size)")
+    p.add_argument("frame1", help="first frame (PNG, JPEG or PPM)")
+    p.add_argument("frame2", help="second frame, the same size")
+    p.add_argument(
+        "--checkpoint", required=True, help="run directory, checkpoint or export of a flow model"
+    )
+    p.add_argument("--step", type=int, default=None, help="a run's step (default: newest)")
+    p.add_argument("--output", required=True, help="colour-coded flow PNG to write")
+    p.add_argument("--flo", default=None, help="also write the flow as a Middlebury .flo")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--min-overlap", type=int, default=20, help="pixels shared by adjacent tiles")
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    p.set_defaults(func=cmd_flow)

@@ -13,10 +13,18 @@ from pretrain.objectives.base import Objective
 from pretrain.objectives.classification import ClassificationObjective
 from pretrain.objectives.multimodal import MultimodalAutoencodingObjective
 from pretrain.objectives.text import ARObjective, MLMObjective
+from pretrain.objectives.vision import ImageClassificationObjective, OpticalFlowObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls
-    for cls in (MLMObjective, ARObjective, MultimodalAutoencodingObjective, ClassificationObjective)
+    for cls in (
+        MLMObjective,
+        ARObjective,
+        MultimodalAutoencodingObjective,
+        ClassificationObjective,
+        ImageClassificationObjective,
+        OpticalFlowObjective,
+    )
 }
 
 

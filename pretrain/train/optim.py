@@ -124,14 +124,15 @@ def build_optimizer(
 
 
 def lr_lambda(cfg: OptimizerConfig, max_steps: int):
-    """Multiplier of the base lr at each optimizer step: linear warmup, then decay."""
-    warmup = cfg.warmup_steps
+    """Multiplier of the base lr at each optimizer step: linear warmup, ``hold_steps`` at the
+    peak, then decay."""
+    warmup = cfg.warmup_steps + cfg.hold_steps  # the decay starts after both
     floor = cfg.min_lr_ratio
 
     def fn(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if cfg.schedule == "constant":
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant" or step < warmup:
             return 1.0
         span = max(1, max_steps - warmup)
         t = min(1.0, (step - warmup) / span)

@@ -342,4 +342,11 @@ def test_objective_registry_matches_the_config_sections():
     for model_type in MODEL_TYPES:
         assert objective_for_model(model_type) == default_objective(model_type)
     kinds = {name: cls.shard_kind for name, cls in OBJECTIVES.items()}
-    assert kinds == {"mlm": "text", "ar": "text", "multimodal_ae": "video", "classification": None}
+    assert kinds == {
+        "mlm": "text",
+        "ar": "text",
+        "multimodal_ae": "video",
+        "classification": None,
+        "image_classification": "image",
+        "optical_flow": "flow",
+    }
