@@ -160,6 +160,8 @@ def test_pretrain_export_finetune_chain_on_2_processes(pretrain_run, glue_dir, t
 
 @pytest.mark.shared_data
 def test_short_runs_on_the_real_glue_tasks(shared_data, pretrain_run, tmp_path):
+    """The real files of the two tasks whose metrics the fixture chain does not cover (MRPC's F1,
+    CoLA's Matthews correlation; RTE and STS-B run in test_pretrain_export_finetune_chain...)."""
     glue = shared_data / "glue"
     assert glue.is_dir(), f"{glue} not found in the shared data"
     out = tmp_path / "glue"
@@ -171,7 +173,7 @@ def test_short_runs_on_the_real_glue_tasks(shared_data, pretrain_run, tmp_path):
             "--glue-dir",
             str(glue),
             "--tasks",
-            "rte,mrpc,stsb,cola",
+            "mrpc,cola",
             "--out",
             str(out),
             "--lrs",
@@ -185,18 +187,13 @@ def test_short_runs_on_the_real_glue_tasks(shared_data, pretrain_run, tmp_path):
         ]
     )
     results = json.loads((out / "results.json").read_text())
-    expected = {
-        "rte": {"accuracy"},
-        "mrpc": {"f1", "accuracy"},
-        "stsb": {"pearson", "spearman"},
-        "cola": {"mcc"},
-    }
+    expected = {"mrpc": {"f1", "accuracy"}, "cola": {"mcc"}}
     for task, names in expected.items():
         best = results["tasks"][task]["best"]
         assert set(best["metrics"]) == names
         assert all(-100.0 <= v <= 100.0 for v in best["metrics"].values())
-    rows = (out / "rte" / "bs=16" / "lr=1e-4" / "predictions" / "dev.tsv").read_text().splitlines()
-    assert len(rows) == 1 + 277 and rows[1].split("\t")[1] in ("entailment", "not_entailment")
+    rows = (out / "mrpc" / "bs=16" / "lr=1e-4" / "predictions" / "dev.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 408 and rows[1].split("\t")[1] in ("0", "1")
 
 
 def test_glue_run_resumes_exactly(glue_dir, tmp_path):
