@@ -15,7 +15,7 @@ from tests.pretrain.test_glue_tasks import write_glue_fixture
 
 COMMANDS = [
     "train", "data", "demo", "submit", "status", "export", "import-hf", "glue",
-    "generate", "fill-mask", "eval",
+    "generate", "fill-mask", "eval", "flow",
 ]  # fmt: skip
 
 

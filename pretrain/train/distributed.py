@@ -268,5 +268,22 @@ def barrier() -> None:
 
 
 def destroy() -> None:
+    """Destroys the process group, and DeepSpeed's cached groups of it: without that, a later
+    ``train()`` in the same process (a notebook, a Slurm task that trains twice, the tests)
+    would hand DeepSpeed's engine the destroyed world group."""
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is None:
+        return
+    for name in (
+        "_WORLD_GROUP",
+        "_ZERO_PARAM_INTRA_PARALLEL_GROUP",
+        "_DATA_PARALLEL_GROUP",
+        "_MODEL_PARALLEL_GROUP",
+        "_TENSOR_MODEL_PARALLEL_GROUP",
+    ):
+        if hasattr(groups, name):
+            setattr(groups, name, None)
+    for name in ("_EXPERT_PARALLEL_GROUP", "_EXPERT_DATA_PARALLEL_GROUP", "_ALL_TO_ALL_GROUP"):
+        getattr(groups, name, {}).clear()
