@@ -88,7 +88,10 @@ def test_streaming_from_s3_yields_the_batches_of_the_local_directory(s3_demo, lo
     index_file = local_demo / "val" / "index.json"
     sizes = [s["raw_data"]["bytes"] + s["zip_data"]["bytes"] for s in json.loads(
         index_file.read_text())["shards"]]  # fmt: skip
-    limit = 4 * max(sizes) + index_file.stat().st_size + 1  # streaming's minimum
+    # Above streaming's minimum (4 shards + the index): one full run hung in this test, and a
+    # limit at the minimum is the suspect (streaming's eviction can wait on shards its own
+    # prefetch holds, mosaicml/streaming#417).
+    limit = 6 * max(sizes) + index_file.stat().st_size + 1
     assert limit < sum(sizes) / 2
     expected = [b["tokens"].tolist() for b in build_dataloader(local_demo, "val", 4, seed=3)]
     small = tmp_path / "small"
