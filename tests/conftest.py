@@ -16,6 +16,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # DeepSpeed must pick its CPU accelerator before it is first imported (tests have no GPU).
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("DS_BIND_CORES_TO_RANK", "0")
+# One intra-op thread per process: the tests' tiny models lose more to OpenMP's hand-offs (and to
+# spinning threads when the cores are shared with other ranks) than a second thread gains
+# (measured: 4 in-process model test files 108 s at 1 thread, 317 s at 2 on a loaded 2-core host).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

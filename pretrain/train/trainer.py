@@ -130,6 +130,14 @@ def train(
     return Trainer(cfg, env, hooks).run(stopper, stop_at_step)
 
 
+def cpu_threads(local_world_size: int) -> int | None:
+    """Intra-op threads for one of ``local_world_size`` CPU ranks on this node: the cores split
+    between them, or None when ``OMP_NUM_THREADS`` is set (torch read it at start-up; it wins)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, (os.cpu_count() or 1) // local_world_size)
+
+
 class Trainer:
     """One rank's training run: ``__init__`` sets up and resumes, :meth:`run` loops."""
 
@@ -138,8 +146,8 @@ class Trainer:
         self.cfg, self.env, self.hooks = cfg, env, list(hooks)
         self.device = device = dist_utils.resolve_device(t.device)
         dist_utils.init_distributed(env, device)
-        if device.type == "cpu":
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+        if device.type == "cpu" and (threads := cpu_threads(env.local_world_size)):
+            torch.set_num_threads(threads)
         if t.deterministic:
             torch.use_deterministic_algorithms(True)
         self.run_dir = Path(t.run_dir)

@@ -144,3 +144,13 @@ def test_slurm_probes_need_a_submitter(tmp_path):
         GlueProbes(cfg, True)
     cfg.probes.every = 0
     assert probe_hooks(cfg, True) == []
+
+
+def test_cpu_ranks_split_the_cores_unless_omp_num_threads_is_set(monkeypatch):
+    from pretrain.train.trainer import cpu_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert (cpu_threads(1), cpu_threads(4), cpu_threads(32)) == (16, 4, 1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert cpu_threads(4) is None
