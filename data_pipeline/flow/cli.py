@@ -15,12 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from data_pipeline.build_cli import (
-    add_output_arguments,
-    build_options,
-    building,
-    print_rejections,
-)
+from data_pipeline.build_cli import add_output_arguments, build_options, building, print_rejections
 
 __all__ = ["add_flow_subcommands", "print_flow_summary", "run_generate_flow", "run_prepare_flow"]
 

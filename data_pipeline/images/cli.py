@@ -12,12 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from data_pipeline.build_cli import (
-    add_output_arguments,
-    build_options,
-    building,
-    print_rejections,
-)
+from data_pipeline.build_cli import add_output_arguments, build_options, building, print_rejections
 from data_pipeline.images.listing import LAYOUTS
 
 __all__ = ["add_prepare_images_subcommand", "run_prepare_images"]

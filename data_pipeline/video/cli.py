@@ -16,12 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.build_cli import (
-    add_output_arguments,
-    build_options,
-    building,
-    print_rejections,
-)
+from data_pipeline.build_cli import add_output_arguments, build_options, building, print_rejections
 
 __all__ = ["add_prepare_video_subcommand", "main", "run_prepare_video", "spec_from_args"]
 
