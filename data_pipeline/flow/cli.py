@@ -13,22 +13,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
-from data_pipeline.shards.manifest import DEFAULT_SIZE_LIMIT
+from data_pipeline.build_cli import add_output_arguments, build_options, building, print_rejections
 
 __all__ = ["add_flow_subcommands", "print_flow_summary", "run_generate_flow", "run_prepare_flow"]
-
-SHOWN_REJECTIONS = 20
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", required=True, metavar="DIR", help="local shard directory")
-    p.add_argument("--workers", type=int, default=1, help="processes; same output for any (1)")
-    p.add_argument("--size-limit", default=DEFAULT_SIZE_LIMIT, help="shard size, e.g. 64mb")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it holds shards")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_flow_subcommands(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +35,7 @@ def add_flow_subcommands(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--width", type=int, required=True)
     gen.add_argument("--seed", type=int, default=0, help="dataset seed (0)")
     gen.add_argument("--max-flow", type=float, default=10.0, help="largest flow, pixels (10)")
-    _add_common(gen)
+    add_output_arguments(gen)
     gen.set_defaults(func=run_generate_flow)
 
     prep = subparsers.add_parser(
@@ -73,7 +62,7 @@ def add_flow_subcommands(subparsers: argparse._SubParsersAction) -> None:
         "default: the dataset's own split where it has one (FlyingChairs_train_val.txt), "
         "else 0.05 (0 keeps everything in train)",
     )
-    _add_common(prep)
+    add_output_arguments(prep)
     prep.set_defaults(func=run_prepare_flow)
 
 
@@ -91,19 +80,14 @@ def print_flow_summary(output: str, manifest: dict[str, Any]) -> None:
         f"pairs ({manifest['source']}, {size}); rejected {manifest['rejected_count']}"
         f"{f' ({reasons})' if reasons else ''}; {manifest['wall_time_s']:.1f} s"
     )
-    for r in manifest["rejected"][:SHOWN_REJECTIONS]:
-        print(f"  rejected: {r['path']}: {r['reason']}: {r['detail']}")
-    if manifest["rejected_count"] > SHOWN_REJECTIONS:
-        more = manifest["rejected_count"] - SHOWN_REJECTIONS
-        print(f"  ... {more} more in {output}/manifest.json")
+    print_rejections(output, manifest["rejected"], manifest["rejected_count"])
 
 
 def run_generate_flow(args: argparse.Namespace) -> int:
     """Runs `perceiver data generate-flow`; returns the exit code."""
     from data_pipeline.flow.shards import generate_flow
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with building("generate-flow"):
         manifest = generate_flow(
             args.output,
             train=args.train,
@@ -112,13 +96,8 @@ def run_generate_flow(args: argparse.Namespace) -> int:
             width=args.width,
             seed=args.seed,
             max_flow=args.max_flow,
-            workers=args.workers,
-            size_limit=args.size_limit,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+            **build_options(args),
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"perceiver data generate-flow: error: {err}") from err
     print_flow_summary(args.output, manifest)
     return 0
 
@@ -127,20 +106,14 @@ def run_prepare_flow(args: argparse.Namespace) -> int:
     """Runs `perceiver data prepare-flow`; returns the exit code."""
     from data_pipeline.flow.readers import prepare_flow
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with building("prepare-flow"):
         manifest = prepare_flow(
             args.format,
             args.input,
             args.output,
             render_pass=args.render_pass,
             val_fraction=args.val_fraction,
-            workers=args.workers,
-            size_limit=args.size_limit,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+            **build_options(args),
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"perceiver data prepare-flow: error: {err}") from err
     print_flow_summary(args.output, manifest)
     return 0

@@ -11,14 +11,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
+from data_pipeline.build_cli import add_output_arguments, build_options, building, print_rejections
 from data_pipeline.images.listing import LAYOUTS
-from data_pipeline.shards.manifest import DEFAULT_SIZE_LIMIT
 
 __all__ = ["add_prepare_images_subcommand", "run_prepare_images"]
-
-SHOWN_REJECTIONS = 20
 
 
 def add_prepare_images_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +28,6 @@ def add_prepare_images_subcommand(subparsers: argparse._SubParsersAction) -> Non
         "DIR/val (MDS: image bytes as stored, label, path) and DIR/manifest.json (kind image).",
     )
     p.add_argument("--input", required=True, metavar="ROOT", help="the image tree")
-    p.add_argument("--output", required=True, metavar="DIR", help="local shard directory")
     p.add_argument(
         "--layout",
         choices=LAYOUTS,
@@ -55,10 +51,7 @@ def add_prepare_images_subcommand(subparsers: argparse._SubParsersAction) -> Non
         default=0.05,
         help="validation fraction of a single tree, by path hash (0.05)",
     )
-    p.add_argument("--workers", type=int, default=1, help="processes; same output for any (1)")
-    p.add_argument("--size-limit", default=DEFAULT_SIZE_LIMIT, help="shard size, e.g. 64mb")
-    p.add_argument("--overwrite", action="store_true", help="replace DIR if it holds shards")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_arguments(p)
     p.set_defaults(func=run_prepare_images)
 
 
@@ -66,8 +59,7 @@ def run_prepare_images(args: argparse.Namespace) -> int:
     """Runs `perceiver data prepare-images`; returns the exit code."""
     from data_pipeline.images.prepare import prepare_images
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with building("prepare-images"):
         manifest = prepare_images(
             args.input,
             args.output,
@@ -75,13 +67,8 @@ def run_prepare_images(args: argparse.Namespace) -> int:
             val_labels=args.val_labels,
             synsets=args.synsets,
             val_fraction=args.val_fraction,
-            workers=args.workers,
-            size_limit=args.size_limit,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+            **build_options(args),
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"perceiver data prepare-images: error: {err}") from err
     splits = manifest["splits"]
     conversions = ", ".join(f"{k}: {v}" for k, v in manifest["conversions"].items())
     reasons = ", ".join(f"{k}: {v}" for k, v in manifest["rejected_by_reason"].items())
@@ -92,9 +79,5 @@ def run_prepare_images(args: argparse.Namespace) -> int:
         f"{f' ({conversions})' if conversions else ''}, rejected {manifest['rejected_count']}"
         f"{f' ({reasons})' if reasons else ''}; {manifest['wall_time_s']:.1f} s"
     )
-    for r in manifest["rejected"][:SHOWN_REJECTIONS]:
-        print(f"  rejected: {r['path']}: {r['reason']}: {r['detail']}")
-    if manifest["rejected_count"] > SHOWN_REJECTIONS:
-        more = manifest["rejected_count"] - SHOWN_REJECTIONS
-        print(f"  ... {more} more in {args.output}/manifest.json")
+    print_rejections(args.output, manifest["rejected"], manifest["rejected_count"])
     return 0

@@ -12,16 +12,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.shards.manifest import DEFAULT_SIZE_LIMIT
+from data_pipeline.build_cli import add_output_arguments, build_options, building, print_rejections
 
 __all__ = ["add_prepare_video_subcommand", "main", "run_prepare_video", "spec_from_args"]
-
-SHOWN_REJECTIONS = 20
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,8 +31,6 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="Kinetics-style CSV (label,youtube_id,time_start,time_end,split), or a class list "
         "(one name per line) for one-folder-per-class input; default: folder names",
     )
-    p.add_argument("--output", required=True, metavar="DIR")
-    p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
     g = p.add_argument_group("clips")
     g.add_argument("--num-frames", type=int, default=16, help="frames per clip (16)")
     g.add_argument("--fps", type=float, default=25.0, help="frame sampling rate (25)")
@@ -64,9 +59,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         default=0.1,
         help="validation fraction by path hash, where the labels give no split (0.1)",
     )
-    g.add_argument("--size-limit", default=DEFAULT_SIZE_LIMIT, help="shard size, e.g. 64mb")
-    g.add_argument("--overwrite", action="store_true", help="replace DIR if it holds shards")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_arguments(p, storage=g)
 
 
 def add_prepare_video_subcommand(subparsers: argparse._SubParsersAction) -> None:
@@ -103,24 +96,18 @@ def run_prepare_video(args: argparse.Namespace) -> int:
     """Runs `perceiver data prepare-video` with parsed arguments; returns the exit code."""
     from data_pipeline.video.shards import prepare_videos
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    with building("prepare-video"):
         manifest = prepare_videos(
             args.input,
             args.output,
             spec_from_args(args),
             labels=args.labels,
-            workers=args.workers,
             frames_format=args.frames_format,
             jpeg_quality=args.jpeg_quality,
             audio_dtype=args.audio_dtype,
             val_fraction=args.val_fraction,
-            size_limit=args.size_limit,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+            **build_options(args),
         )
-    except (FileExistsError, FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"perceiver data prepare-video: error: {err}") from err
     clips, splits = manifest["clips"], manifest["splits"]
     reasons = ", ".join(f"{k}: {v}" for k, v in clips["rejected_by_reason"].items())
     print(
@@ -131,11 +118,7 @@ def run_prepare_video(args: argparse.Namespace) -> int:
         f"({clips['without_audio']} without audio), rejected {clips['rejected']}"
         f"{f' ({reasons})' if reasons else ''}; {manifest['wall_time_s']:.1f} s"
     )
-    for r in manifest["rejected"][:SHOWN_REJECTIONS]:
-        clip = "" if r["clip"] is None else f" (clip {r['clip']})"
-        print(f"  rejected: {r['path']}{clip}: {r['reason']}: {r['detail']}")
-    if clips["rejected"] > SHOWN_REJECTIONS:
-        print(f"  ... {clips['rejected'] - SHOWN_REJECTIONS} more in {args.output}/manifest.json")
+    print_rejections(args.output, manifest["rejected"], clips["rejected"])
     return 0
 
 
@@ -146,4 +129,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     _add_arguments(parser)
     return run_prepare_video(parser.parse_args(argv))
-

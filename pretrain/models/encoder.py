@@ -155,7 +155,8 @@ class LatentEncoder(nn.Module):
 
 @dataclass
 class LatentEncoderConfig:
-    """Latent-encoder and decoder-attention fields shared by the image and optical-flow models.
+    """Latent-encoder and decoder-attention fields shared by the image, optical-flow and
+    multimodal models (each subclass redeclares the fields whose defaults differ).
 
     Unset (None) attention channels resolve as HF's ``PerceiverConfig(qk_channels=None,
     v_channels=None)`` does: a cross-attention's query/key channels are its key/value input's
@@ -275,6 +276,23 @@ class LatentEncoderConfig:
             num_blocks=self.num_self_attention_blocks,
             dropout=self.dropout,
         )
+
+    def encoder_decoder_params(self, query_channels: int) -> int:
+        """Parameters of the latent encoder and of the decoder cross-attention with queries of
+        ``query_channels`` (what every subclass's ``num_params`` adds its adapters to)."""
+        sizes = self.decoder_layer_sizes(query_channels)
+        return self.encoder_spec().num_params() + cross_attention_layer_params(**sizes, widening=1)
+
+    def encoder_decoder_flops(self, num_inputs: int, num_queries: int, query_channels: int) -> int:
+        """Forward matmul FLOPs of encoding ``num_inputs`` positions and decoding ``num_queries``
+        queries of ``query_channels``."""
+        decoder = cross_attention_layer_flops(
+            num_q=num_queries,
+            num_kv=self.num_latents,
+            **self.decoder_layer_sizes(query_channels),
+            widening=1,
+        )
+        return self.encoder_spec().forward_flops(num_inputs) + decoder
 
     def decoder_layer_sizes(self, query_channels: int) -> dict[str, int]:
         """Sizes of a decoder cross-attention with queries of ``query_channels``

@@ -1,5 +1,6 @@
-"""Weight conversion between `PerceiverMLM` and HF `transformers.PerceiverForMaskedLM`, and the
-attention-layer key tables every HF conversion uses (`pretrain.models.hf_vision` too).
+"""Weight conversion between `PerceiverMLM` and HF `transformers.PerceiverForMaskedLM`, and what
+every HF conversion uses (`pretrain.models.hf_vision` too): the attention-layer key tables and the
+latent-encoder field mapping (`latent_fields_to_hf`, `latent_fields_from_hf`).
 
 The two models compute the same function; only parameter names differ and our self-attention
 (`qkv_proj`) and cross-attention (`kv_proj`) projections are row-wise concatenations of HF's
@@ -23,6 +24,8 @@ from pretrain.models.perceiver_io import PerceiverIOConfig
 
 if TYPE_CHECKING:
     from transformers import PerceiverConfig
+
+    from pretrain.models.encoder import LatentEncoderConfig
 
 HF_DECODER_QK_CHANNELS = 8 * 32  # hard-coded in HF PerceiverForMaskedLM
 HF_DECODER_HEADS = 8
@@ -80,27 +83,66 @@ def check_hf_compatible(cfg: PerceiverIOConfig) -> None:
             raise ValueError(f"HF Perceiver needs num_latent_channels divisible by {name}")
 
 
-def hf_config(cfg: PerceiverIOConfig) -> PerceiverConfig:
-    """The `transformers.PerceiverConfig` of the HF model equivalent to `cfg`."""
-    from transformers import PerceiverConfig
-
-    check_hf_compatible(cfg)
-    return PerceiverConfig(
+def latent_fields_to_hf(
+    cfg: PerceiverIOConfig | LatentEncoderConfig,
+    d_model: int,
+    qk_channels: int | None,
+    v_channels: int | None,
+) -> dict[str, Any]:
+    """``transformers.PerceiverConfig`` arguments of the latent encoder of ``cfg`` (any of our
+    Perceiver IO configs: they share the latent field names), with HF's ``d_model`` (the input
+    channels) and its one (qk_channels, v_channels) pair that the caller resolved."""
+    return dict(
         num_latents=cfg.num_latents,
         d_latents=cfg.num_latent_channels,
-        d_model=cfg.num_input_channels,
+        d_model=d_model,
         num_blocks=cfg.num_self_attention_blocks,
         num_self_attends_per_block=cfg.num_self_attention_layers_per_block,
         num_self_attention_heads=cfg.num_self_attention_heads,
         num_cross_attention_heads=cfg.num_cross_attention_heads,
-        qk_channels=cfg.self_attention_qk_channels,
-        v_channels=cfg.self_attention_v_channels,
+        qk_channels=qk_channels,
+        v_channels=v_channels,
         self_attention_widening_factor=cfg.self_attention_widening_factor,
         cross_attention_widening_factor=cfg.cross_attention_widening_factor,
         hidden_act="gelu",
         attention_probs_dropout_prob=cfg.dropout,
         initializer_range=cfg.init_scale,
         use_query_residual=cfg.use_query_residual,
+    )
+
+
+def latent_fields_from_hf(hf_cfg: Any) -> dict[str, Any]:
+    """Our latent-encoder fields (the names every Perceiver IO config shares) of a
+    ``transformers.PerceiverConfig``: its one qk_channels / v_channels pair goes to both the
+    cross- and the self-attention (a caller changes what its HF class resolves otherwise)."""
+    qk, v = hf_cfg.qk_channels, hf_cfg.v_channels
+    return dict(
+        num_latents=hf_cfg.num_latents,
+        num_latent_channels=hf_cfg.d_latents,
+        num_cross_attention_heads=hf_cfg.num_cross_attention_heads,
+        num_self_attention_heads=hf_cfg.num_self_attention_heads,
+        cross_attention_qk_channels=qk,
+        cross_attention_v_channels=v,
+        self_attention_qk_channels=qk,
+        self_attention_v_channels=v,
+        cross_attention_widening_factor=hf_cfg.cross_attention_widening_factor,
+        self_attention_widening_factor=hf_cfg.self_attention_widening_factor,
+        num_self_attention_layers_per_block=hf_cfg.num_self_attends_per_block,
+        num_self_attention_blocks=hf_cfg.num_blocks,
+        use_query_residual=hf_cfg.use_query_residual,
+        dropout=hf_cfg.attention_probs_dropout_prob,
+        init_scale=hf_cfg.initializer_range,
+    )
+
+
+def hf_config(cfg: PerceiverIOConfig) -> PerceiverConfig:
+    """The `transformers.PerceiverConfig` of the HF model equivalent to `cfg`."""
+    from transformers import PerceiverConfig
+
+    check_hf_compatible(cfg)
+    qk, v = cfg.self_attention_qk_channels, cfg.self_attention_v_channels
+    return PerceiverConfig(
+        **latent_fields_to_hf(cfg, cfg.num_input_channels, qk, v),
         vocab_size=cfg.vocab_size,
         max_position_embeddings=cfg.max_seq_len,
     )
@@ -114,21 +156,7 @@ def config_from_hf(hf_cfg: Any) -> PerceiverIOConfig:
         vocab_size=hf_cfg.vocab_size,
         max_seq_len=hf_cfg.max_position_embeddings,
         num_input_channels=hf_cfg.d_model,
-        num_latents=hf_cfg.num_latents,
-        num_latent_channels=hf_cfg.d_latents,
-        num_cross_attention_heads=hf_cfg.num_cross_attention_heads,
-        num_self_attention_heads=hf_cfg.num_self_attention_heads,
-        cross_attention_qk_channels=hf_cfg.qk_channels,
-        cross_attention_v_channels=hf_cfg.v_channels,
-        self_attention_qk_channels=hf_cfg.qk_channels,
-        self_attention_v_channels=hf_cfg.v_channels,
-        cross_attention_widening_factor=hf_cfg.cross_attention_widening_factor,
-        self_attention_widening_factor=hf_cfg.self_attention_widening_factor,
-        num_self_attention_layers_per_block=hf_cfg.num_self_attends_per_block,
-        num_self_attention_blocks=hf_cfg.num_blocks,
-        use_query_residual=hf_cfg.use_query_residual,
-        dropout=hf_cfg.attention_probs_dropout_prob,
-        init_scale=hf_cfg.initializer_range,
+        **latent_fields_from_hf(hf_cfg),
     )
 
 

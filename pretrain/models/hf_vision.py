@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pretrain.models.hf_interop import encoder_layer_prefixes, layers_from_hf, layers_to_hf
+from pretrain.models.hf_interop import (
+    encoder_layer_prefixes,
+    latent_fields_from_hf,
+    latent_fields_to_hf,
+    layers_from_hf,
+    layers_to_hf,
+)
 from pretrain.models.image_classifier import PerceiverImageClassifierConfig
 from pretrain.models.optical_flow import PerceiverOpticalFlowConfig
 
@@ -136,22 +142,7 @@ def hf_config(cfg: VisionConfig) -> Any:
     check_hf_compatible(cfg)
     qk, v = _hf_channels(cfg)
     common = dict(
-        num_latents=cfg.num_latents,
-        d_latents=cfg.num_latent_channels,
-        d_model=cfg.input_channels,
-        num_blocks=cfg.num_self_attention_blocks,
-        num_self_attends_per_block=cfg.num_self_attention_layers_per_block,
-        num_self_attention_heads=cfg.num_self_attention_heads,
-        num_cross_attention_heads=cfg.num_cross_attention_heads,
-        qk_channels=qk,
-        v_channels=v,
-        self_attention_widening_factor=cfg.self_attention_widening_factor,
-        cross_attention_widening_factor=cfg.cross_attention_widening_factor,
-        hidden_act="gelu",
-        attention_probs_dropout_prob=cfg.dropout,
-        initializer_range=cfg.init_scale,
-        use_query_residual=cfg.use_query_residual,
-        architectures=[hf_class_name(cfg)],
+        **latent_fields_to_hf(cfg, cfg.input_channels, qk, v), architectures=[hf_class_name(cfg)]
     )
     if isinstance(cfg, PerceiverOpticalFlowConfig):
         return PerceiverConfig(**common, train_size=[cfg.image_height, cfg.image_width])
@@ -182,24 +173,10 @@ def config_from_hf(hf_cfg: Any, architecture: str | None = None) -> VisionConfig
     shape = getattr(hf_cfg, "cross_attention_shape_for_attention", "kv")
     if shape not in ("kv", "q"):
         raise ValueError(f"cross_attention_shape_for_attention: {shape!r} is neither kv nor q")
-    qk, v = hf_cfg.qk_channels, hf_cfg.v_channels
-    common = dict(
-        num_latents=hf_cfg.num_latents,
-        num_latent_channels=hf_cfg.d_latents,
-        num_cross_attention_heads=hf_cfg.num_cross_attention_heads,
-        num_self_attention_heads=hf_cfg.num_self_attention_heads,
-        # shape "q": an unset cross-attention q/k size is the latents' (D), not the inputs'
-        cross_attention_qk_channels=qk or (hf_cfg.d_latents if shape == "q" else None),
-        cross_attention_v_channels=v,
-        self_attention_qk_channels=qk,
-        self_attention_v_channels=v,
-        cross_attention_widening_factor=hf_cfg.cross_attention_widening_factor,
-        self_attention_widening_factor=hf_cfg.self_attention_widening_factor,
-        num_self_attention_layers_per_block=hf_cfg.num_self_attends_per_block,
-        num_self_attention_blocks=hf_cfg.num_blocks,
-        use_query_residual=hf_cfg.use_query_residual,
-        dropout=hf_cfg.attention_probs_dropout_prob,
-        init_scale=hf_cfg.initializer_range,
+    common = latent_fields_from_hf(hf_cfg)
+    # shape "q": an unset cross-attention q/k size is the latents' (D), not the inputs'
+    common["cross_attention_qk_channels"] = hf_cfg.qk_channels or (
+        hf_cfg.d_latents if shape == "q" else None
     )
     if architecture == FLOW_CLASS:
         train_size = list(hf_cfg.train_size)

@@ -26,11 +26,7 @@ from torch import Tensor, nn
 
 from pretrain.models.attention import init_standard_weights, writable
 from pretrain.models.encoder import LatentEncoder, LatentEncoderConfig
-from pretrain.models.flops import (
-    cross_attention_layer_flops,
-    cross_attention_layer_params,
-    linear_params,
-)
+from pretrain.models.flops import linear_params
 from pretrain.models.fourier import fourier_channels, fourier_features, grid_positions
 
 PREPROCESSINGS = ("fourier", "learned", "conv")
@@ -129,14 +125,7 @@ class PerceiverImageClassifierConfig(LatentEncoderConfig):
             "conv": k * c * 7 * 7 + 2 * c,
         }[self.preprocessing]
         d = self.num_latent_channels
-        decoder = cross_attention_layer_params(**self.decoder_layer_sizes(d), widening=1)
-        return (
-            prep
-            + self.encoder_spec().num_params()
-            + d
-            + decoder
-            + linear_params(d, self.num_classes)
-        )
+        return prep + self.encoder_decoder_params(d) + d + linear_params(d, self.num_classes)
 
     def flops_per_sample(self) -> int:
         """Forward + backward matmul (and convolution) FLOPs of one image (3 x the forward).
@@ -157,10 +146,7 @@ class PerceiverImageClassifierConfig(LatentEncoderConfig):
         }[self.preprocessing]
         forward = (
             prep
-            + self.encoder_spec().forward_flops(self.num_inputs)
-            + cross_attention_layer_flops(
-                num_q=1, num_kv=self.num_latents, **self.decoder_layer_sizes(d), widening=1
-            )
+            + self.encoder_decoder_flops(self.num_inputs, num_queries=1, query_channels=d)
             + 2 * d * self.num_classes
         )
         return 3 * forward

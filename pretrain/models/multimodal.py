@@ -31,13 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.models.attention import CrossAttentionLayer, init_standard_weights, writable
-from pretrain.models.encoder import LatentEncoder, LatentEncoderSpec, check_positive_ints
-from pretrain.models.flops import (
-    cross_attention_layer_flops,
-    cross_attention_layer_params,
-    linear_params,
-)
+from pretrain.models.attention import init_standard_weights, writable
+from pretrain.models.encoder import LatentEncoder, LatentEncoderConfig
+from pretrain.models.flops import linear_params
 from pretrain.models.fourier import (  # noqa: F401  (fourier_channels: part of this API)
     fourier_channels,
     fourier_features,
@@ -46,16 +42,16 @@ from pretrain.models.fourier import (  # noqa: F401  (fourier_channels: part of 
 )
 
 MODALITIES = ("audio", "video", "label")  # input and query order (HF sorts its names likewise)
-_OPTIONAL_FIELDS = tuple(
-    f"{layer}_{kind}_channels"
-    for layer in ("cross_attention", "self_attention", "decoder")
-    for kind in ("qk", "v")
-)
 
 
 @dataclass
-class PerceiverMultimodalConfig:
+class PerceiverMultimodalConfig(LatentEncoderConfig):
     """Hyperparameters of `PerceiverMultimodal`; defaults are the paper's Kinetics-700 model.
+
+    The latent-encoder and decoder-attention fields (``num_latents`` ... ``decoder_v_channels``,
+    ``dropout``, ``init_scale``) are ``LatentEncoderConfig``'s; this class redeclares the ones
+    whose paper defaults differ (784 x 512 latents, 8 self-attention layers in 1 block, no
+    dropout).
 
     Attributes:
         num_frames: Frames per clip (T).
@@ -71,30 +67,17 @@ class PerceiverMultimodalConfig:
         input_padding: Learned channels added at least to every input modality.
         query_padding: Learned channels added at least to every modality's decoder queries.
         label_query_channels: Channels of the learned label query.
-        num_latents: Latents (n).
-        num_latent_channels: Latent channels (D).
-        num_cross_attention_heads: Heads of the encoder cross-attention.
-        num_self_attention_heads: Heads of the latent self-attention.
-        cross_attention_qk_channels: Encoder cross-attention q/k channels (None: input channels).
-        cross_attention_v_channels: Its value channels (None: its q/k channels).
-        self_attention_qk_channels: Self-attention q/k channels (None: D).
-        self_attention_v_channels: Self-attention value channels (None: its q/k channels).
-        cross_attention_widening_factor: MLP widening after the encoder cross-attention.
-        self_attention_widening_factor: MLP widening in the self-attention layers.
-        num_self_attention_layers_per_block: Distinct self-attention layers.
-        num_self_attention_blocks: Applications of the block (shared weights).
-        use_query_residual: Residual from the latents around the encoder cross-attention.
-        num_decoder_heads: Heads of the decoder cross-attention.
-        decoder_qk_channels: Decoder q/k channels (None: D).
-        decoder_v_channels: Decoder value channels (None: its q/k channels).
         decoder_output_channels: Channels after the decoder's output projection (HF
             `output_num_channels`), shared by the three heads.
         decode_chunk_size: Queries per decoder call when reconstructing whole clips.
-        dropout: Dropout on attention weights.
-        init_scale: Standard deviation of the normal initialisation.
     """
 
     type: ClassVar[str] = "perceiver_io_multimodal"  # `model.type` in a config file
+    num_latents: int = 784
+    num_latent_channels: int = 512
+    num_self_attention_layers_per_block: int = 8
+    num_self_attention_blocks: int = 1
+    dropout: float = 0.0
     num_frames: int = 16
     frame_height: int = 224
     frame_width: int = 224
@@ -108,33 +91,11 @@ class PerceiverMultimodalConfig:
     input_padding: int = 4
     query_padding: int = 2
     label_query_channels: int = 1024
-    num_latents: int = 784
-    num_latent_channels: int = 512
-    num_cross_attention_heads: int = 1
-    num_self_attention_heads: int = 8
-    cross_attention_qk_channels: int | None = None
-    cross_attention_v_channels: int | None = None
-    self_attention_qk_channels: int | None = None
-    self_attention_v_channels: int | None = None
-    cross_attention_widening_factor: int = 1
-    self_attention_widening_factor: int = 1
-    num_self_attention_layers_per_block: int = 8
-    num_self_attention_blocks: int = 1
-    use_query_residual: bool = True
-    num_decoder_heads: int = 1
-    decoder_qk_channels: int | None = None
-    decoder_v_channels: int | None = None
     decoder_output_channels: int = 512
     decode_chunk_size: int = 16384
-    dropout: float = 0.0
-    init_scale: float = 0.02
 
     def __post_init__(self) -> None:
-        check_positive_ints(self, skip=("dropout", "init_scale"), optional=_OPTIONAL_FIELDS)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init_scale <= 0:
-            raise ValueError(f"init_scale must be > 0, got {self.init_scale}")
+        self.check_latent_fields()
         for name, size, patch in (
             ("num_frames", self.num_frames, self.temporal_patch_size),
             ("frame_height", self.frame_height, self.spatial_patch_size),
@@ -143,16 +104,6 @@ class PerceiverMultimodalConfig:
         ):
             if size % patch:
                 raise ValueError(f"{name} ({size}) must be divisible by its patch size {patch}")
-        for layer, heads in (
-            ("cross_attention", self.num_cross_attention_heads),
-            ("self_attention", self.num_self_attention_heads),
-            ("decoder", self.num_decoder_heads),
-        ):
-            for kind, channels in zip(("qk", "v"), self.attention_channels(layer)):
-                if channels % heads:
-                    raise ValueError(
-                        f"{layer}_{kind}_channels ({channels}) must be divisible by {heads} heads"
-                    )
 
     # Derived sizes ----------------------------------------------------------------------------
     @property
@@ -206,44 +157,6 @@ class PerceiverMultimodalConfig:
     def query_channels(self) -> int:
         return max(self.modality_query_channels.values()) + self.query_padding
 
-    @property
-    def num_self_attention_layers(self) -> int:
-        return self.num_self_attention_layers_per_block * self.num_self_attention_blocks
-
-    def attention_channels(self, layer: str) -> tuple[int, int]:
-        """(qk, v) channels of ``"cross_attention"``, ``"self_attention"`` or ``"decoder"``."""
-        default = self.input_channels if layer == "cross_attention" else self.num_latent_channels
-        qk = getattr(self, f"{layer}_qk_channels") or default
-        return qk, getattr(self, f"{layer}_v_channels") or qk
-
-    def encoder_spec(self) -> LatentEncoderSpec:
-        """The latent encoder over the concatenated, padded inputs (`input_channels`)."""
-        (cqk, cv), (sqk, sv) = (
-            self.attention_channels(n) for n in ("cross_attention", "self_attention")
-        )
-        return LatentEncoderSpec(
-            input_channels=self.input_channels,
-            num_latents=self.num_latents,
-            num_latent_channels=self.num_latent_channels,
-            cross_qk=cqk,
-            cross_v=cv,
-            cross_heads=self.num_cross_attention_heads,
-            cross_widening=self.cross_attention_widening_factor,
-            use_query_residual=self.use_query_residual,
-            self_qk=sqk,
-            self_v=sv,
-            self_heads=self.num_self_attention_heads,
-            self_widening=self.self_attention_widening_factor,
-            layers_per_block=self.num_self_attention_layers_per_block,
-            num_blocks=self.num_self_attention_blocks,
-            dropout=self.dropout,
-        )
-
-    def decoder_layer_sizes(self) -> dict[str, int]:
-        """Sizes of the decoder cross-attention (`pretrain.models.flops` arguments)."""
-        qk, v = self.attention_channels("decoder")
-        return dict(q_dim=self.query_channels, kv_dim=self.num_latent_channels, qk=qk, v=v)
-
     def num_params(self) -> int:
         """Analytic number of parameters."""
         out, c, q = self.decoder_output_channels, self.input_channels, self.query_channels
@@ -259,8 +172,7 @@ class PerceiverMultimodalConfig:
             + linear_params(out, self.audio_samples_per_patch)
             + linear_params(out, self.num_classes)
         )
-        decoder = cross_attention_layer_params(**self.decoder_layer_sizes(), widening=1)
-        return learned + self.encoder_spec().num_params() + decoder + heads
+        return learned + self.encoder_decoder_params(q) + heads
 
     def flops_per_sample(
         self, num_video_queries: int | None = None, num_audio_queries: int | None = None
@@ -276,10 +188,7 @@ class PerceiverMultimodalConfig:
         ka = self.num_audio_patches if num_audio_queries is None else num_audio_queries
         k, out = kv + ka + 1, self.decoder_output_channels
         forward = (
-            self.encoder_spec().forward_flops(self.num_inputs)
-            + cross_attention_layer_flops(
-                num_q=k, num_kv=self.num_latents, **self.decoder_layer_sizes(), widening=1
-            )
+            self.encoder_decoder_flops(self.num_inputs, k, self.query_channels)
             + 2 * k * self.query_channels * out
             + 2 * out * (3 * kv + self.audio_samples_per_patch * ka + self.num_classes)
         )
@@ -297,7 +206,7 @@ class PerceiverMultimodal(LatentEncoder):
     def __init__(self, cfg: PerceiverMultimodalConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        c, q, d = cfg.input_channels, cfg.query_channels, cfg.num_latent_channels
+        c, q = cfg.input_channels, cfg.query_channels
         # The input adapter, then the encoder (the parameter order of earlier checkpoints:
         # latents, label_mask_token, ..., input_padding.*, cross_attention.*, ...).
         self.input_padding = nn.ParameterDict(
@@ -309,17 +218,7 @@ class PerceiverMultimodal(LatentEncoder):
             {m: torch.empty(1, q - n) for m, n in cfg.modality_query_channels.items()}
         )
         self.label_query = nn.Parameter(torch.empty(1, cfg.label_query_channels))
-        dqk, dv = cfg.attention_channels("decoder")
-        self.decoder_cross_attention = CrossAttentionLayer(
-            q_dim=q,
-            kv_dim=d,
-            qk_channels=dqk,
-            v_channels=dv,
-            num_heads=cfg.num_decoder_heads,
-            widening_factor=1,
-            use_query_residual=False,
-            dropout=cfg.dropout,
-        )
+        self.decoder_cross_attention = cfg.decoder_cross_attention_layer(q, query_residual=False)
         out = cfg.decoder_output_channels
         self.decoder_output = nn.Linear(q, out)
         self.video_head = nn.Linear(out, 3)
