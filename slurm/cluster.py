@@ -26,7 +26,6 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return expand(nodelist)
 
 
-
 class SubmitError(ValueError):
     """A request that cannot run on the cluster; the message names the option to change."""
 

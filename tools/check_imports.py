@@ -137,8 +137,10 @@ def problems() -> list[str]:
     for name in sorted(graph):
         for target, lineno in sorted(graph[name].items()):
             if layer(target) > layer(name):
-                lines.append(f"backward import: {modules[name].relative_to(REPO)}:{lineno} "
-                             f"({name} -> {target})")
+                lines.append(
+                    f"backward import: {modules[name].relative_to(REPO)}:{lineno} "
+                    f"({name} -> {target})"
+                )
     return lines
 
 

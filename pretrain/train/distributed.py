@@ -162,9 +162,7 @@ def spawn_local(
             PERCEIVER_SPAWNED_RANK="1",
         )
         procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", module, *argv], env=env, start_new_session=True
-            )
+            subprocess.Popen([sys.executable, "-m", module, *argv], env=env, start_new_session=True)
         )
     interrupts = 0
     kill_at: float | None = None

@@ -220,4 +220,3 @@ def test_saved_model_sections_drop_the_settings_that_moved_to_objective() -> Non
     with pytest.raises(ValueError, match="unknown"):  # what an old export hit before
         build_config("perceiver_io_multimodal", old)
     build_config("perceiver_io_multimodal", architecture_only(old))
-
