@@ -8,7 +8,7 @@
     print_rejections(args.output, manifest["rejected"], manifest["rejected_count"])
 
 The builders refuse an object-storage URL as output before reading any input, naming the URL
-(`data_pipeline.images.build.check_local_output`); `building` turns that ValueError, like a missing
+(`data_pipeline.shards.remote.check_local_output`); `building` turns that ValueError, like a missing
 input (FileNotFoundError), a non-empty output without --overwrite (FileExistsError) or a bad value,
 into `SystemExit("perceiver data CMD: error: ...")`: exit status 1, the message on stderr.
 """

@@ -50,7 +50,7 @@ from data_pipeline.shards.manifest import (
     write_manifest,
 )
 from data_pipeline.shards.mds import merge_split_index
-from data_pipeline.shards.remote import check_location, is_url
+from data_pipeline.shards.remote import check_local_output, check_location
 
 __all__ = [
     "MAX_LISTED_REJECTIONS",
@@ -180,19 +180,6 @@ def _done_parts(build: Path) -> dict[tuple[str, str], dict]:
         if (build / record["split"] / record["part"] / "index.json").is_file():
             done[record["split"], record["part"]] = record
     return done
-
-
-def check_local_output(out_dir: str | os.PathLike[str], command: str) -> None:
-    """Refuses an object-storage URL as output (before any input is listed or decoded).
-
-    Raises:
-        ValueError: Naming the URL and what to do instead.
-    """
-    if is_url(out_dir):
-        raise ValueError(
-            f"output: {command} writes a local directory, not {os.fspath(out_dir)}; build it "
-            "locally, then upload it with manifest.json last (data_pipeline.shards.remote.publish)"
-        )
 
 
 def build_shards(

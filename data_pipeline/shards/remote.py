@@ -69,6 +69,19 @@ def is_url(path: str | os.PathLike[str]) -> bool:
     return "://" in os.fspath(path)
 
 
+def check_local_output(out_dir: str | os.PathLike[str], command: str) -> None:
+    """Refuses an object-storage URL as output (before any input is listed or decoded).
+
+    Raises:
+        ValueError: Naming the URL and what to do instead.
+    """
+    if is_url(out_dir):
+        raise ValueError(
+            f"output: {command} writes a local directory, not {os.fspath(out_dir)}; build it "
+            "locally, then upload it with manifest.json last (data_pipeline.shards.remote.publish)"
+        )
+
+
 def check_location(path: str | os.PathLike[str], *, write: bool = False, key: str = "") -> str:
     """Returns `path` as a string after refusing what streaming cannot read (or write).
 

@@ -54,7 +54,7 @@ from data_pipeline.shards.manifest import (
     tool_version,
     write_manifest,
 )
-from data_pipeline.shards.remote import check_location, is_url
+from data_pipeline.shards.remote import check_local_output, check_location
 from data_pipeline.video.decode import (
     REJECT_REASONS,
     ClipSpec,
@@ -187,11 +187,7 @@ def prepare_videos(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.monotonic()
-    if is_url(out_dir):
-        raise ValueError(
-            f"output: prepare-video writes a local directory, not {os.fspath(out_dir)}; build it "
-            "locally, then upload it with manifest.json last (data_pipeline.shards.remote.publish)"
-        )
+    check_local_output(out_dir, "prepare-video")
     out = Path(check_location(out_dir, key="output")).absolute()
     listing = list_videos(input_dir, labels, val_fraction)
     _check_train_videos(input_dir, listing, val_fraction)
