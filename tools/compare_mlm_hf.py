@@ -19,14 +19,15 @@ optimisation problem and not a bug of ours: the reference implementation must pl
 (The trajectories match to ~1e-5 in the loss until the loss drops fast or leaves a plateau;
 there float32 rounding differences are amplified and the parameters separate by 10-30%, as two
 runs of our model from weights 1e-7 apart do, while the losses stay within a few 0.01 nats.)
-The demo itself trains in bf16 on 2 ranks; this runs fp32 in one process.
+The demo itself trains its own preset (perceiver_io_mlm_demo, 32 bytes) on 2 ranks; this runs
+fp32 in one process, with `--preset` (default perceiver_io_mlm_tiny, 256 bytes).
 `--overfit` trains on one fixed batch with fixed masks instead: both models must memorise it,
 which shows the loss path (masking, gathering, decoding, cross-entropy) can be driven to zero
 (at lr 1e-3 the tiny model needs ~200 steps to leave the unigram plateau and ~600 to fit).
 
     python tools/compare_mlm_hf.py                       # demo corpus, 600 steps, batch 32
     python tools/compare_mlm_hf.py --overfit --steps 1000 --batch-size 16 --lr 1e-3
-    python tools/compare_mlm_hf.py --data demo_out/data/stdlib_mlm_256 --steps 2000
+    python tools/compare_mlm_hf.py --data DIR --steps 2000     # MLM shards of the preset's length
 
 Without `--data` the demo corpus (the stdlib docstrings) is written to a temporary directory the
 way `perceiver demo` does it (~5 s).
