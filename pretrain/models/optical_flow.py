@@ -13,6 +13,10 @@ The output is the flow from frame 0 to frame 1 in pixels, channel 0 horizontal (
 (y): frame0[y, x] ~ frame1[y + flow[..., 1], x + flow[..., 0]]. The patch projection runs as one
 3x3 convolution over the 6 stacked channels (the same weights as HF's Linear, reordered), which
 never materialises the 54-channel patch array; ``extract_patches`` builds HF's input for tests.
+Options that are not HF's (defaults off; ``hf_vision`` refuses them): a larger ``patch_size``,
+a local cost volume appended to the patch features (``correlation_radius``), a decoder query
+residual (``decoder_query_residual``) and a wider decoder MLP (``decoder_widening_factor``); the
+tiny CPU preset uses them to learn in minutes (docs/vision.md §8).
 The model runs at its training size only (full-resolution inference tiles it). The paper preset
 (``configs/model/perceiver_io_flow.yaml``, 368 x 496, 2048 x 512 latents, 24 self-attention
 layers) has the parameter count of HF's ``PerceiverForOpticalFlow``; weights convert both ways
