@@ -69,7 +69,9 @@ def extract_patches(frames_btchw: Tensor, patch_size: int = PATCH) -> Tensor:
 def local_cost_volume(frames_b2chw: Tensor, radius: int) -> Tensor:
     """Minus the mean squared difference between frame 0 around each pixel x and frame 1 around
     x + d, for every displacement d = (dx, dy) in [-radius, radius]^2 (dy-major), averaged over
-    the channels and a 3x3 box (zero padding outside the frame).
+    the channels and a 3x3 box (zero padding outside the frame), then standardised over the
+    displacements at each pixel (zero mean, unit standard deviation: the same scale whatever the
+    texture's contrast; the best match is the largest).
 
     Args:
         frames_b2chw: [b, 2, c, H, W].
@@ -87,8 +89,6 @@ def local_cost_volume(frames_b2chw: Tensor, radius: int) -> Tensor:
             moved = f1[..., radius + dy : radius + dy + h, radius + dx : radius + dx + w]
             costs.append((moved - f0).square().mean(1))
     cost_bdhw = F.avg_pool2d(torch.stack(costs, 1), 3, 1, 1, count_include_pad=False)
-    # Standardised over the displacements: O(1) whatever the texture contrast, the best match
-    # the largest.
     mean = cost_bdhw.mean(1, keepdim=True)
     std = cost_bdhw.std(1, keepdim=True)
     return ((mean - cost_bdhw) / (std + 1e-3)).flatten(2).transpose(1, 2)
@@ -112,10 +112,11 @@ class PerceiverOpticalFlowConfig(LatentEncoderConfig):
             output, so the per-pixel MLP reads the pixel's own patches directly, not only
             through attention weights over the latents (HF: False).
         decoder_widening_factor: Widening of the decoder's per-pixel MLP (HF: 1).
-        correlation_radius: r > 0 appends a local cost volume to every pixel's features: for
-            each displacement d in [-r, r]^2, minus the 3x3-box mean over the window and the
-            channels of (frame1[x + d] - frame0[x])^2 ((2r + 1)^2 channels, no parameters;
-            what correlation-based flow networks match on). 0: none (HF).
+        correlation_radius: r > 0 appends a local cost volume to every pixel's features
+            (``local_cost_volume``: for each displacement d in [-r, r]^2, minus the 3x3-box,
+            channel mean of (frame1[x + d] - frame0[x])^2, standardised over the
+            displacements; (2r + 1)^2 channels, no parameters; what correlation-based flow
+            networks match on). 0: none (HF).
     """
 
     type: ClassVar[str] = "perceiver_io_optical_flow"  # `model.type` in a config file
