@@ -35,6 +35,12 @@ def add_flow_subcommands(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--width", type=int, required=True)
     gen.add_argument("--seed", type=int, default=0, help="dataset seed (0)")
     gen.add_argument("--max-flow", type=float, default=10.0, help="largest flow, pixels (10)")
+    gen.add_argument(
+        "--texture-scale",
+        type=float,
+        default=1.0,
+        help="multiplies the texture cell sizes 24, 9, 4 px; below 1: finer textures (1)",
+    )
     add_output_arguments(gen)
     gen.set_defaults(func=run_generate_flow)
 
@@ -96,6 +102,7 @@ def run_generate_flow(args: argparse.Namespace) -> int:
             width=args.width,
             seed=args.seed,
             max_flow=args.max_flow,
+            texture_scale=args.texture_scale,
             **build_options(args),
         )
     print_flow_summary(args.output, manifest)

@@ -54,6 +54,7 @@ class Layer:
         base: Base colour, float [3].
         grids: Colour grids, one float [gh, gw, 3] per octave of `_OCTAVES`.
         extent: Half-size (x, y) of the coordinate box the grids cover, pixels.
+        cells: Cell size of each grid in pixels (`_OCTAVES`' times the scene's texture scale).
     """
 
     center: np.ndarray
@@ -66,6 +67,7 @@ class Layer:
     base: np.ndarray
     grids: tuple[np.ndarray, ...]
     extent: tuple[float, float]
+    cells: tuple[float, ...] = tuple(cell for cell, _ in _OCTAVES)
 
     def to_frame2(self, p_n2: np.ndarray) -> np.ndarray:
         """Image coordinates in frame 2 of layer coordinates ``p`` (float [N, 2])."""
@@ -86,7 +88,7 @@ class Layer:
     def texture(self, p_n2: np.ndarray) -> np.ndarray:
         """The layer's colour at layer coordinates ``p``: float [N, 3] (unclipped)."""
         colour = np.broadcast_to(self.base, (len(p_n2), 3)).copy()
-        for (cell, _), grid in zip(_OCTAVES, self.grids):
+        for cell, grid in zip(self.cells, self.grids):
             colour += _bilinear(
                 grid, (p_n2[:, 0] + self.extent[0]) / cell, (p_n2[:, 1] + self.extent[1]) / cell
             )
@@ -140,6 +142,7 @@ def _random_layer(
     background: bool,
     max_flow: float,
     corners_n2: np.ndarray,
+    texture_scale: float,
 ) -> Layer:
     size = min(height, width)
     if background:
@@ -155,7 +158,8 @@ def _random_layer(
     log_scale = float(rng.normal(0, 0.03 if background else 0.08))
     contrast = rng.uniform(30, 110)
     grids = []
-    for cell, share in _OCTAVES:
+    cells = tuple(cell * texture_scale for cell, _ in _OCTAVES)
+    for cell, (_, share) in zip(cells, _OCTAVES):
         gw = int(np.ceil(2 * extent[0] / cell)) + 2
         gh = int(np.ceil(2 * extent[1] / cell)) + 2
         grids.append(rng.normal(0, contrast * share, (gh, gw, 3)))
@@ -170,6 +174,7 @@ def _random_layer(
         base=rng.uniform(40, 215, 3),
         grids=tuple(grids),
         extent=extent,
+        cells=cells,
     )
     # Shrink the motion until no pixel of the image moves further than max_flow with it (the
     # flow is affine in x, so its largest magnitude over the image is at a corner).
@@ -196,6 +201,7 @@ def make_scene(
     *,
     max_flow: float = 10.0,
     num_shapes: tuple[int, int] = (2, 6),
+    texture_scale: float = 1.0,
 ) -> FlowScene:
     """The random scene of `seed` (see the module docstring).
 
@@ -205,21 +211,28 @@ def make_scene(
         width: Image width in pixels.
         max_flow: The largest flow magnitude, pixels.
         num_shapes: Inclusive range of the number of shapes above the background.
+        texture_scale: Multiplies the texture cell sizes of `_OCTAVES` (24, 9, 4 px): below 1,
+            finer textures (more gradient at every pixel, which small motions need to be seen).
 
     Raises:
-        ValueError: For a non-positive size or max_flow, or a bad `num_shapes`.
+        ValueError: For a non-positive size, max_flow or texture_scale, or a bad `num_shapes`.
     """
     if height < 2 or width < 2:
         raise ValueError(f"height and width must be at least 2, got {height} x {width}")
     if max_flow <= 0:
         raise ValueError(f"max_flow must be positive, got {max_flow}")
+    if not texture_scale > 0:
+        raise ValueError(f"texture_scale must be positive, got {texture_scale}")
     if not 0 <= num_shapes[0] <= num_shapes[1]:
         raise ValueError(f"num_shapes must be (low, high) with 0 <= low <= high, got {num_shapes}")
     rng = np.random.default_rng(seed)
     corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], float)
     count = int(rng.integers(num_shapes[0], num_shapes[1] + 1))
-    layers = [_random_layer(rng, height, width, True, max_flow, corners)]
-    layers += [_random_layer(rng, height, width, False, max_flow, corners) for _ in range(count)]
+    layers = [_random_layer(rng, height, width, True, max_flow, corners, texture_scale)]
+    layers += [
+        _random_layer(rng, height, width, False, max_flow, corners, texture_scale)
+        for _ in range(count)
+    ]
     return FlowScene(height, width, tuple(layers))
 
 
@@ -274,7 +287,7 @@ def visible_in_frame2(scene: FlowScene, flow_hw2: np.ndarray) -> np.ndarray:
 
 
 def generate_pair(
-    seed: int, height: int, width: int, *, max_flow: float = 10.0
+    seed: int, height: int, width: int, *, max_flow: float = 10.0, texture_scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A random textured frame pair and its exact forward flow (``render(make_scene(...))``).
 
@@ -283,9 +296,10 @@ def generate_pair(
         height: Image height.
         width: Image width.
         max_flow: The largest flow magnitude in pixels.
+        texture_scale: Multiplies the texture cell sizes (below 1: finer textures).
 
     Returns:
         ``(frame1 uint8 [H, W, 3], frame2 uint8 [H, W, 3], flow float32 [H, W, 2])``, flow in
         pixels (x, y) from frame 1 to frame 2: ``frame1[y, x] ~ frame2[y + fy, x + fx]``.
     """
-    return render(make_scene(seed, height, width, max_flow=max_flow))
+    return render(make_scene(seed, height, width, max_flow=max_flow, texture_scale=texture_scale))

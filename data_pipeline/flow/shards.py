@@ -126,12 +126,16 @@ def pair_seed(seed: int, split: str, index: int) -> int:
     return int(state.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _generated(task: tuple[str, int, int, int, int, float]) -> TaskResult:
+def _generated(task: tuple[str, int, int, int, int, float, float]) -> TaskResult:
     from data_pipeline.flow.generate import generate_pair
 
-    split, index, seed, height, width, max_flow = task
+    split, index, seed, height, width, max_flow, texture_scale = task
     frame1, frame2, flow = generate_pair(
-        pair_seed(seed, split, index), height, width, max_flow=max_flow
+        pair_seed(seed, split, index),
+        height,
+        width,
+        max_flow=max_flow,
+        texture_scale=texture_scale,
     )
     sample, size = flow_sample(frame1, frame2, flow, None, f"generated/{split}/{index:08d}")
     return TaskResult(sample=sample, counts=[size])
@@ -146,6 +150,7 @@ def generate_flow(
     width: int,
     seed: int = 0,
     max_flow: float = 10.0,
+    texture_scale: float = 1.0,
     workers: int = 1,
     part_size: int = PART_SIZE,
     size_limit: int | str = DEFAULT_SIZE_LIMIT,
@@ -166,6 +171,7 @@ def generate_flow(
         width: Frame width.
         seed: Dataset seed.
         max_flow: The largest flow magnitude in pixels.
+        texture_scale: Multiplies the generator's texture cell sizes (below 1: finer textures).
         workers: Worker processes (spawned: scripts need the ``__main__`` guard).
         part_size: Pairs per part (the unit of parallel work and resume).
         size_limit: Shard size limit before compression.
@@ -184,11 +190,19 @@ def generate_flow(
         raise ValueError(f"height and width must be at least 2, got {height} x {width}")
     if max_flow <= 0:
         raise ValueError(f"max_flow must be positive, got {max_flow}")
+    if not texture_scale > 0:
+        raise ValueError(f"texture_scale must be positive, got {texture_scale}")
+    params = (float(max_flow), float(texture_scale))
     tasks: dict[str, Sequence[Any]] = {
-        split: [(split, i, seed, height, width, float(max_flow)) for i in range(count)]
+        split: [(split, i, seed, height, width, *params) for i in range(count)]
         for split, count in (("train", train), ("val", val))
     }
-    generator = {"name": "autoflow-style layers", "seed": seed, "max_flow": float(max_flow)}
+    generator = {
+        "name": "autoflow-style layers",
+        "seed": seed,
+        "max_flow": float(max_flow),
+        "texture_scale": float(texture_scale),
+    }
     return build_shards(
         out_dir,
         kind=KIND,

@@ -66,6 +66,10 @@ _HF_FIXED = {
         "num_frequency_bands": 64,
         "num_patch_channels": 64,
         "flow_scale": 100.0,
+        "patch_size": 3,
+        "decoder_query_residual": False,
+        "decoder_widening_factor": 1,
+        "correlation_radius": 0,
     },
 }
 _FIELD_OF = {

@@ -248,6 +248,30 @@ def test_generate_pair_is_deterministic_and_fast():
         generate_pair(0, 1, 8)
 
 
+def test_texture_scale_makes_finer_textures_deterministically():
+    from data_pipeline.flow.generate import generate_pair
+
+    def gradient(frame: np.ndarray) -> float:
+        return float(np.abs(np.diff(frame.astype(np.float64), axis=1)).mean())
+
+    default = generate_pair(5, 64, 96)
+    for x, y in zip(generate_pair(5, 64, 96, texture_scale=1.0), default):
+        np.testing.assert_array_equal(x, y)  # 1.0 is the default generator, byte for byte
+    fine = generate_pair(5, 64, 96, texture_scale=0.25)
+    for x, y in zip(generate_pair(5, 64, 96, texture_scale=0.25), fine):
+        np.testing.assert_array_equal(x, y)
+    ratios = []
+    for seed in range(4):
+        coarse, finer = (
+            generate_pair(seed, 64, 96)[0],
+            generate_pair(seed, 64, 96, texture_scale=0.25)[0],
+        )
+        ratios.append(gradient(finer) / gradient(coarse))
+    assert min(ratios) > 1.5, ratios  # cells of 6, 2.25, 1 px instead of 24, 9, 4
+    with pytest.raises(ValueError, match="texture_scale"):
+        generate_pair(0, 8, 8, texture_scale=0.0)
+
+
 def _shard_files(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
@@ -271,7 +295,7 @@ def test_generate_flow_shards_same_bytes_for_any_worker_count(tmp_path, capsys):
                         part_size=2, progress=False)  # fmt: skip
     assert main(["data", "generate-flow", "--output", str(tmp_path / "two"), "--train", "5",
                  "--val", "2", "--height", "16", "--width", "24", "--seed", "3",
-                 "--no-progress"]) == 0  # fmt: skip
+                 "--texture-scale", "0.5", "--no-progress"]) == 0  # fmt: skip
     # the CLI uses the default part size (one part a split): compare 2 workers on 2-pair parts
     two = generate_flow(tmp_path / "three", train=5, val=2, height=16, width=24, seed=3,
                         part_size=2, workers=2, progress=False)  # fmt: skip
@@ -285,7 +309,8 @@ def test_generate_flow_shards_same_bytes_for_any_worker_count(tmp_path, capsys):
     assert not list(tmp_path.glob(".*"))  # no build directory left behind
     samples = list(iter_stored_samples(tmp_path / "two", "train"))
     assert [s["path"] for s in samples] == [f"generated/train/{i:08d}" for i in range(5)]
-    frame1, frame2, flow = generate_pair(pair_seed(3, "train", 4), 16, 24)
+    assert manifest["generator"]["texture_scale"] == 0.5
+    frame1, frame2, flow = generate_pair(pair_seed(3, "train", 4), 16, 24, texture_scale=0.5)
     last = samples[4]
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(last["frame1"]))), frame1)
     np.testing.assert_array_equal(last["flow"], flow)

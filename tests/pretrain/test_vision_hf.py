@@ -138,6 +138,14 @@ def test_refusals_name_the_field():
         hf_config(PerceiverOpticalFlowConfig(self_attention_qk_channels=256))
     with pytest.raises(ValueError, match="num_decoder_heads"):
         hf_config(PerceiverOpticalFlowConfig(num_decoder_heads=2))
+    for field, value in [
+        ("patch_size", 5),
+        ("decoder_query_residual", True),
+        ("decoder_widening_factor", 4),
+        ("correlation_radius", 2),
+    ]:
+        with pytest.raises(ValueError, match=f"{field}: HF PerceiverForOpticalFlow fixes it"):
+            hf_config(PerceiverOpticalFlowConfig(**{field: value}))
     hf_cfg = hf_config(tiny("conv"))
     hf_cfg.hidden_act = "relu"
     with pytest.raises(ValueError, match="hidden_act"):

@@ -13,7 +13,11 @@ import yaml
 
 from pretrain.models import build_config, build_model
 from pretrain.models.image_classifier import PerceiverImageClassifierConfig, conv_downsample_size
-from pretrain.models.optical_flow import PerceiverOpticalFlowConfig, extract_patches
+from pretrain.models.optical_flow import (
+    PerceiverOpticalFlowConfig,
+    extract_patches,
+    local_cost_volume,
+)
 from tests.conftest import REPO
 from tests.pretrain.flop_count import count_matmul_flops
 
@@ -104,8 +108,19 @@ def test_image_counts_and_flops_match_the_model(prep):
     assert counter.get_total_flops() == cfg.flops_per_sample() // 3
 
 
-def test_flow_counts_flops_and_output_shape():
-    cfg = preset("perceiver_io_flow_tiny", image_height=8, image_width=12, num_frequency_bands=4)
+HF_FLOW = dict(
+    patch_size=3, decoder_query_residual=False, decoder_widening_factor=1, correlation_radius=0
+)
+NON_HF_FLOW = dict(
+    patch_size=5, decoder_query_residual=True, decoder_widening_factor=2, correlation_radius=1
+)
+
+
+@pytest.mark.parametrize("options", [HF_FLOW, NON_HF_FLOW], ids=["hf", "non_hf_options"])
+def test_flow_counts_flops_and_output_shape(options):
+    cfg = preset(
+        "perceiver_io_flow_tiny", image_height=8, image_width=12, num_frequency_bands=4, **options
+    )
     torch.manual_seed(0)
     model = build_model(cfg.type, cfg)
     model.init_weights()
@@ -117,21 +132,68 @@ def test_flow_counts_flops_and_output_shape():
     assert counter.get_total_flops() == cfg.flops_per_sample() // 3
 
 
-def test_patch_projection_equals_linear_over_extracted_patches():
-    cfg = preset("perceiver_io_flow_tiny", image_height=5, image_width=7)
+@pytest.mark.parametrize("patch", [3, 5])
+def test_patch_projection_equals_linear_over_extracted_patches(patch):
+    cfg = preset("perceiver_io_flow_tiny", image_height=5, image_width=7, patch_size=patch)
     torch.manual_seed(0)
     model = build_model(cfg.type, cfg)
     model.init_weights()
     frames = torch.randn(2, 2, 3, 5, 7)
-    patches = extract_patches(frames)  # [b, 2, 27, H, W], channels (ky, kx, c)
-    # Golden: pixel (y, x) = (0, 0) of frame 1, patch entry (ky, kx, c) = (1, 2, 0) is the
-    # frame's pixel (y + ky - 1, x + kx - 1) = (0, 1), channel 0; (ky, kx) = (0, *) is padding.
-    assert patches[0, 1, (1 * 3 + 2) * 3 + 0, 0, 0] == frames[0, 1, 0, 0, 1]
-    assert torch.all(patches[:, :, :9, 0, :] == 0)
-    x = patches.permute(0, 3, 4, 1, 2).reshape(2, 35, 54)  # per pixel: frame 0's 27, frame 1's
+    patches = extract_patches(frames, patch)  # [b, 2, patch^2 3, H, W], channels (ky, kx, c)
+    # Golden: pixel (y, x) = (0, 0) of frame 1, patch entry (ky, kx, c) = (r, r + 1, 0) is the
+    # frame's pixel (y + ky - r, x + kx - r) = (0, 1), channel 0; rows ky < r are padding.
+    r = patch // 2
+    assert patches[0, 1, (r * patch + r + 1) * 3 + 0, 0, 0] == frames[0, 1, 0, 0, 1]
+    assert torch.all(patches[:, :, : r * patch * 3, 0, :] == 0)
+    if patch == 5:  # (ky, kx) = (4, 0) at pixel (1, 3): the frame's pixel (3, 1)
+        assert patches[1, 0, (4 * 5 + 0) * 3 + 2, 1, 3] == frames[1, 0, 2, 3, 1]
+    # per pixel: frame 0's patch^2 3 values, then frame 1's
+    x = patches.permute(0, 3, 4, 1, 2).reshape(2, 35, 2 * patch * patch * 3)
     torch.testing.assert_close(
         model.project_patches(frames), model.patch_projection(x), atol=1e-5, rtol=1e-5
     )
+
+
+def test_decoder_query_residual_reads_each_pixel_directly():
+    """With the decoder's attention output zeroed, each pixel's flow depends on its own patches
+    alone through the query residual, and on nothing without it."""
+    for residual in (True, False):
+        cfg = preset("perceiver_io_flow_tiny", image_height=6, image_width=8,
+                     decoder_query_residual=residual, correlation_radius=0)  # fmt: skip
+        torch.manual_seed(0)
+        model = build_model(cfg.type, cfg)
+        model.init_weights()
+        with torch.no_grad():
+            model.decoder_cross_attention.attention.o_proj.weight.zero_()
+            model.decoder_cross_attention.attention.o_proj.bias.zero_()
+        frames = torch.rand(1, 2, 3, 6, 8) * 2 - 1
+        moved = frames.clone()
+        moved[0, 1, :, 0, 0] += 0.5  # frame 1, pixel (0, 0)
+        changed = (model(moved) - model(frames)).abs().amax(-1)[0] > 1e-6  # [H, W]
+        expected = torch.zeros(6, 8, dtype=torch.bool)
+        if residual:
+            expected[:2, :2] = True  # the pixels whose 3x3 patch holds (0, 0)
+        assert torch.equal(changed, expected)
+
+
+def test_local_cost_volume_peaks_at_the_true_shift():
+    gen = torch.Generator().manual_seed(0)
+    frame0 = torch.rand(2, 3, 9, 11, generator=gen) * 2 - 1
+    frame1 = torch.roll(frame0, shifts=(1, -2), dims=(2, 3))  # content moves by dy=1, dx=-2
+    cost = local_cost_volume(torch.stack([frame0, frame1], 1), radius=2)  # [b, H W, 25]
+    assert cost.shape == (2, 99, 25)
+    best = cost.view(2, 9, 11, 25)[:, 3:-3, 3:-3].argmax(-1)  # interior: no wrap-around
+    assert torch.all(best == (1 + 2) * 5 + (-2 + 2))  # displacement index (dy + r) 5 + dx + r
+    # Explicit value at one pixel: minus the 3x3-box, channel mean of the squared differences,
+    # standardised over the 25 displacements.
+    y, x = 4, 5
+    raw = torch.stack([
+        (frame1[0, :, y - 1 + dy : y + 2 + dy, x - 1 + dx : x + 2 + dx]
+         - frame0[0, :, y - 1 : y + 2, x - 1 : x + 2]).square().mean()
+        for dy in range(-2, 3) for dx in range(-2, 3)
+    ])  # fmt: skip
+    want = (raw.mean() - raw) / (raw.std() + 1e-3)
+    torch.testing.assert_close(cost[0, y * 11 + x], want, atol=1e-5, rtol=1e-5)
 
 
 def test_config_errors_name_the_field():
@@ -145,6 +207,12 @@ def test_config_errors_name_the_field():
         PerceiverOpticalFlowConfig(flow_scale=0.0)
     with pytest.raises(ValueError, match="num_patch_channels"):
         PerceiverOpticalFlowConfig(num_patch_channels=-1)
+    with pytest.raises(ValueError, match="patch_size must be odd"):
+        PerceiverOpticalFlowConfig(patch_size=4)
+    with pytest.raises(ValueError, match="correlation_radius"):
+        PerceiverOpticalFlowConfig(correlation_radius=-1)
+    with pytest.raises(ValueError, match="decoder_query_residual"):
+        PerceiverOpticalFlowConfig(decoder_query_residual="yes")
     model = build_model("perceiver_io_optical_flow", preset("perceiver_io_flow_tiny"))
     with pytest.raises(ValueError, match=r"\[b, 2, 3, 32, 48\]"):
         model(torch.zeros(1, 2, 3, 64, 48))
