@@ -277,20 +277,24 @@ class LatentEncoderConfig:
             dropout=self.dropout,
         )
 
-    def encoder_decoder_params(self, query_channels: int) -> int:
+    def encoder_decoder_params(self, query_channels: int, widening: int = 1) -> int:
         """Parameters of the latent encoder and of the decoder cross-attention with queries of
-        ``query_channels`` (what every subclass's ``num_params`` adds its adapters to)."""
+        ``query_channels`` and an MLP of ``widening`` (what every subclass's ``num_params`` adds
+        its adapters to)."""
         sizes = self.decoder_layer_sizes(query_channels)
-        return self.encoder_spec().num_params() + cross_attention_layer_params(**sizes, widening=1)
+        decoder = cross_attention_layer_params(**sizes, widening=widening)
+        return self.encoder_spec().num_params() + decoder
 
-    def encoder_decoder_flops(self, num_inputs: int, num_queries: int, query_channels: int) -> int:
+    def encoder_decoder_flops(
+        self, num_inputs: int, num_queries: int, query_channels: int, widening: int = 1
+    ) -> int:
         """Forward matmul FLOPs of encoding ``num_inputs`` positions and decoding ``num_queries``
-        queries of ``query_channels``."""
+        queries of ``query_channels`` (decoder MLP of ``widening``)."""
         decoder = cross_attention_layer_flops(
             num_q=num_queries,
             num_kv=self.num_latents,
             **self.decoder_layer_sizes(query_channels),
-            widening=1,
+            widening=widening,
         )
         return self.encoder_spec().forward_flops(num_inputs) + decoder
 
@@ -300,8 +304,11 @@ class LatentEncoderConfig:
         qk, v = self.attention_channels("decoder")
         return dict(q_dim=query_channels, kv_dim=self.num_latent_channels, qk=qk, v=v)
 
-    def decoder_cross_attention_layer(self, query_channels: int, query_residual: bool):
-        """The decoder's ``CrossAttentionLayer`` (queries of ``query_channels``, widening 1)."""
+    def decoder_cross_attention_layer(
+        self, query_channels: int, query_residual: bool, widening: int = 1
+    ):
+        """The decoder's ``CrossAttentionLayer`` (queries of ``query_channels``; HF's decoders
+        have an MLP of widening 1)."""
         sizes = self.decoder_layer_sizes(query_channels)
         return CrossAttentionLayer(
             q_dim=sizes["q_dim"],
@@ -309,7 +316,7 @@ class LatentEncoderConfig:
             qk_channels=sizes["qk"],
             v_channels=sizes["v"],
             num_heads=self.num_decoder_heads,
-            widening_factor=1,
+            widening_factor=widening,
             use_query_residual=query_residual,
             dropout=self.dropout,
         )

@@ -32,11 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.models.attention import CrossAttentionLayer, init_standard_weights
+from pretrain.models.attention import init_standard_weights
 from pretrain.models.encoder import LatentEncoder, LatentEncoderConfig
 from pretrain.models.flops import (
-    cross_attention_layer_flops,
-    cross_attention_layer_params,
     linear_params,
 )
 from pretrain.models.fourier import fourier_channels, fourier_features, grid_positions
@@ -183,10 +181,7 @@ class PerceiverOpticalFlowConfig(LatentEncoderConfig):
         c = self.input_channels
         return (
             linear_params(self.patch_features, self.num_patch_channels)
-            + self.encoder_spec().num_params()
-            + cross_attention_layer_params(
-                **self.decoder_layer_sizes(c), widening=self.decoder_widening_factor
-            )
+            + self.encoder_decoder_params(c, widening=self.decoder_widening_factor)
             + linear_params(c, 2)
         )
 
@@ -195,13 +190,7 @@ class PerceiverOpticalFlowConfig(LatentEncoderConfig):
         m, c = self.num_inputs, self.input_channels
         forward = (
             2 * m * self.patch_features * self.num_patch_channels
-            + self.encoder_spec().forward_flops(m)
-            + cross_attention_layer_flops(
-                num_q=m,
-                num_kv=self.num_latents,
-                **self.decoder_layer_sizes(c),
-                widening=self.decoder_widening_factor,
-            )
+            + self.encoder_decoder_flops(m, m, c, widening=self.decoder_widening_factor)
             + 2 * m * c * 2
         )
         return 3 * forward
@@ -221,16 +210,8 @@ class PerceiverOpticalFlow(LatentEncoder):
         c = cfg.input_channels
         self.patch_projection = nn.Linear(cfg.patch_features, cfg.num_patch_channels)
         self.build_latent_encoder(cfg.encoder_spec())
-        sizes = cfg.decoder_layer_sizes(c)
-        self.decoder_cross_attention = CrossAttentionLayer(
-            q_dim=sizes["q_dim"],
-            kv_dim=sizes["kv_dim"],
-            qk_channels=sizes["qk"],
-            v_channels=sizes["v"],
-            num_heads=cfg.num_decoder_heads,
-            widening_factor=cfg.decoder_widening_factor,
-            use_query_residual=cfg.decoder_query_residual,
-            dropout=cfg.dropout,
+        self.decoder_cross_attention = cfg.decoder_cross_attention_layer(
+            c, cfg.decoder_query_residual, widening=cfg.decoder_widening_factor
         )
         self.flow_head = nn.Linear(c, 2)
 
