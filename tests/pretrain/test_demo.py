@@ -34,7 +34,7 @@ def test_demo_mlm_weights_are_drawn_with_init_scale():
     torch.manual_seed(0)
     model = PerceiverMLM(_demo_mlm().model)
     model.init_weights()
-    params = dict(model.named_parameters())
+    params = {n: p.detach() for n, p in model.named_parameters()}
     for name in ("latents", "output_queries", "position_embedding.weight"):
         std = float(params[name].std())
         assert 0.09 < std < 0.11, (name, std)
