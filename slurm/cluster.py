@@ -11,6 +11,7 @@ the option to change.
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -188,6 +189,9 @@ class ClusterInfo:
 def _scontrol(args: list[str], timeout: float) -> str:
     if shutil.which("scontrol") is None:
         raise SlurmUnavailable("scontrol not found: this machine is not a Slurm submit host")
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):  # scontrol would retry reading it for a minute
+        raise SlurmUnavailable(f"SLURM_CONF={conf}: no such file")
     try:
         proc = subprocess.run(
             ["scontrol", *args], capture_output=True, text=True, timeout=timeout, check=False

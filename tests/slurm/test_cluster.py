@@ -258,3 +258,21 @@ def test_query_real_cluster(slurm_cluster, monkeypatch):
     assert req.partition == name
     with pytest.raises(SubmitError, match="^--gpus-per-node: 1 GPUs per node on 2 node"):
         validate_request(JobRequest(nodes=2, gpus_per_node=1), cluster)
+
+
+def test_a_missing_slurm_conf_is_reported_at_once(tmp_path, monkeypatch):
+    """scontrol itself retries a missing SLURM_CONF for a minute; a dry run without a cluster
+    must not wait for that."""
+    import shutil
+    import time
+
+    from slurm.cluster import SlurmUnavailable
+
+    if shutil.which("scontrol") is None:
+        pytest.skip("scontrol is not installed: the check under test comes after finding it")
+    missing = tmp_path / "slurm.conf"
+    monkeypatch.setenv("SLURM_CONF", str(missing))
+    started = time.monotonic()
+    with pytest.raises(SlurmUnavailable, match=f"SLURM_CONF={missing}: no such file"):
+        query_cluster()
+    assert time.monotonic() - started < 2
