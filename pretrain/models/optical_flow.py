@@ -34,9 +34,7 @@ from torch import Tensor, nn
 
 from pretrain.models.attention import init_standard_weights
 from pretrain.models.encoder import LatentEncoder, LatentEncoderConfig
-from pretrain.models.flops import (
-    linear_params,
-)
+from pretrain.models.flops import linear_params
 from pretrain.models.fourier import fourier_channels, fourier_features, grid_positions
 
 PATCH = 3  # side of the patch around every pixel
